@@ -1,0 +1,89 @@
+"""The embedded default model: a complete tiny Wan pipeline with seeded random weights.
+
+Built from small configs in memory, with a byte-level tokenizer that needs no files, so every
+example, test and benchmark runs on a CPU with no download.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+#: Defaults of the tiny transformer; any key can be overridden through `tiny_components(**overrides)`.
+TINY_TRANSFORMER = dict(
+    patch_size=(1, 2, 2),
+    num_attention_heads=2,
+    attention_head_dim=12,
+    in_channels=16,
+    out_channels=16,
+    text_dim=32,
+    freq_dim=32,
+    ffn_dim=48,
+    num_layers=4,
+    cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads",
+    eps=1e-6,
+    rope_max_seq_len=32,
+)
+
+#: Defaults of the tiny UMT5 text encoder (its d_model is the transformer's text_dim).
+TINY_TEXT_ENCODER = dict(d_kv=8, d_ff=64, num_layers=2, num_heads=4, relative_attention_num_buckets=8,
+                         relative_attention_max_distance=32)
+
+#: Defaults of the tiny VAE: temporal x4 and spatial x8 compression like the real one.
+TINY_VAE = dict(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                temperal_downsample=[False, True, True])
+
+
+def tiny_components(seed: int = 0, *, torch_dtype: torch.dtype = torch.float32,
+                    text_encoder: dict[str, Any] | None = None, vae: dict[str, Any] | None = None,
+                    **transformer_overrides: Any) -> dict[str, Any]:
+    """The components dict of a tiny Wan pipeline (`WanPipeline(**components)` accepts it).
+
+    Weights are seeded by `seed` without touching the global RNG; keyword overrides change the
+    transformer config (e.g. `num_layers=8, attention_head_dim=16`).
+    """
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
+    from transformers import ByT5Tokenizer, UMT5Config, UMT5EncoderModel
+
+    unknown = set(transformer_overrides) - set(TINY_TRANSFORMER)
+    if unknown:
+        raise ValueError(f"transformer_overrides: unknown keys {sorted(unknown)}; allowed: {sorted(TINY_TRANSFORMER)}")
+    if not isinstance(torch_dtype, torch.dtype):
+        raise TypeError(f"torch_dtype: expected a torch.dtype, got {type(torch_dtype).__name__}")
+    config = {**TINY_TRANSFORMER, **transformer_overrides}
+    tokenizer = ByT5Tokenizer()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        transformer = WanTransformer3DModel(**config)
+        text_config = UMT5Config(vocab_size=len(tokenizer), d_model=config["text_dim"],
+                                 **{**TINY_TEXT_ENCODER, **(text_encoder or {})})
+        encoder = UMT5EncoderModel(text_config)
+        autoencoder = AutoencoderKLWan(**{**TINY_VAE, "z_dim": config["in_channels"], **(vae or {})})
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    return {
+        "transformer": _cast_like_from_pretrained(transformer, torch_dtype).eval(),
+        "vae": autoencoder.eval(),
+        "text_encoder": encoder.eval(),
+        "tokenizer": tokenizer,
+        "scheduler": scheduler,
+    }
+
+
+def tiny_pipeline(seed: int = 0, *, torch_dtype: torch.dtype = torch.float32, **overrides: Any):
+    """A ready `EditWanPipeline` on the tiny seeded model (the default of the CLI and examples)."""
+    from edit.pipeline import EditWanPipeline
+
+    return EditWanPipeline(**tiny_components(seed, torch_dtype=torch_dtype, **overrides))
+
+
+def _cast_like_from_pretrained(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """Cast to `dtype` but keep the model's `_keep_in_fp32_modules` in float32, as
+    `from_pretrained(torch_dtype=...)` does (RoPE, time embedder and norms stay precise)."""
+    keep = getattr(model, "_keep_in_fp32_modules", None) or ()
+    for name, param in model.named_parameters():
+        target = torch.float32 if any(k in name for k in keep) else dtype
+        if param.dtype != target:
+            param.data = param.data.to(target)
+    return model

@@ -1,0 +1,24 @@
+"""The EDiT IR: node records, `Graph`, `RunSpec`, lowering, text printer and verifier.
+
+Imports no model code: a graph can be built, printed and verified without torch models.
+
+>>> from edit.graph import RunSpec, lower, verify
+>>> g = verify(lower(RunSpec(num_steps=2, timesteps=[999.0, 500.0], num_blocks=2)))
+>>> print(g.summary())
+step  cond    uncond
+   0  C       C
+   1  C       C
+"""
+
+from edit.graph.core import Graph, same_structure
+from edit.graph.lower import lower
+from edit.graph.nodes import (BRANCHES, DATA, EDGE_KINDS, PREFETCH, REUSE, SKIP, Embed, Guide, Head, Input,
+                              Node, Output, Unit, Update)
+from edit.graph.spec import GRANULARITIES, RunSpec, check_granularity, unit_ranges
+from edit.graph.verify import GraphError, verify
+
+__all__ = [
+    "BRANCHES", "DATA", "EDGE_KINDS", "GRANULARITIES", "PREFETCH", "REUSE", "SKIP",
+    "Embed", "Graph", "GraphError", "Guide", "Head", "Input", "Node", "Output", "RunSpec", "Unit", "Update",
+    "check_granularity", "lower", "same_structure", "unit_ranges", "verify",
+]

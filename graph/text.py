@@ -1,0 +1,70 @@
+"""Text views of a graph: the line-per-node IR print (the golden-test oracle) and the step grid."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from edit.graph.nodes import DATA, Node
+
+if TYPE_CHECKING:
+    from edit.graph.core import Graph
+
+
+def _ref(node: Node, select: str | None = None) -> str:
+    return f"%{node.name}" + (f".{select}" if select else "")
+
+
+def header(graph: Graph) -> str:
+    spec = graph.spec
+    if spec is None:
+        return "# edit graph (no spec)"
+    return (f"# edit graph: {spec.num_steps} steps, branches {','.join(spec.branches)}, "
+            f"{spec.num_blocks} blocks, granularity {spec.granularity}, generation {spec.generation}")
+
+
+def node_line(graph: Graph, node: Node) -> str:
+    """`%name = op(port=%producer, ...) params  [kind<-%producer ...]`."""
+    args = ", ".join(f"{d['port']}={_ref(u, d.get('select'))}" for u, d in graph.in_edges(node, DATA))
+    line = f"%{node.name} = {node.op}({args})" if args else f"%{node.name} = {node.op}"
+    params = node.params()
+    if params:
+        line += f" {params}"
+    control = [f"{d['kind']}<-{_ref(u)}" for u, d in graph.in_edges(node, kind=None) if d["kind"] != DATA]
+    if control:
+        line += "  [" + " ".join(sorted(control)) + "]"
+    return line
+
+
+def to_text(graph: Graph) -> str:
+    """Stable, line-per-node print in execution order (like a jaxpr or an FX graph print)."""
+    return "\n".join([header(graph)] + [node_line(graph, n) for n in graph.order()]) + "\n"
+
+
+def cell_states(graph: Graph) -> dict[tuple[int, str, int], str]:
+    """State of every (step, branch, unit) terminal: C compute, S skip, R reuse across generations,
+    ? decided at run time. Node kinds contribute through their `cell_state` method."""
+    cells: dict[tuple[int, str, int], str] = {}
+    rank = {"C": 0, "S": 1, "R": 2, "?": 3}  # a run-time decision dominates a static path
+    for node in graph.nx.nodes:
+        state = getattr(node, "cell_state", None)
+        if state is None:
+            continue
+        key, value = state()
+        if key not in cells or rank[value] > rank[cells[key]]:
+            cells[key] = value
+    return cells
+
+
+def summary(graph: Graph) -> str:
+    """A step x branch grid with one character per unit (see `cell_states`)."""
+    cells = cell_states(graph)
+    steps = sorted({k[0] for k in cells})
+    branches = [b for b in (graph.spec.branches if graph.spec else ("cond", "uncond"))
+                if any(k[1] == b for k in cells)]
+    units = sorted({k[2] for k in cells})
+    width = max(len(units), max((len(b) for b in branches), default=4))
+    lines = ["step  " + "  ".join(b.ljust(width) for b in branches)]
+    for step in steps:
+        row = ["".join(cells.get((step, b, u), ".") for u in units).ljust(width) for b in branches]
+        lines.append((f"{step:>4}  " + "  ".join(row)).rstrip())
+    return "\n".join(lines)

@@ -1,0 +1,70 @@
+"""`RunState`: the environment the kernels of one run execute in."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import torch
+
+from edit.runtime.wan import WanAdapter
+
+
+@attrs.define(eq=False)
+class StepEnd:
+    """What a step-end callback may change: the latents, run inputs (e.g. `text.cond`), or stop."""
+
+    latents: torch.Tensor | None = None
+    inputs: dict[str, Any] = attrs.Factory(dict)
+    stop: bool = False
+
+
+@attrs.define(eq=False)
+class RunState:
+    """Model adapter, scheduler, timesteps and run inputs, plus the per-step callbacks.
+
+    `step_begin(step)` runs before the first node of a step; `step_end(step, latents)` after its
+    scheduler update and may return a `StepEnd`.
+    """
+
+    adapter: WanAdapter
+    scheduler: Any
+    timesteps: torch.Tensor
+    inputs: dict[str, Any]
+    expand_timesteps: bool = False
+    hooks: Any = None
+    step_begin: Callable[[int], None] | None = None
+    step_end: Callable[[int, torch.Tensor], StepEnd | None] | None = None
+    current_step: int = -1
+
+    def begin_step(self, step: int) -> None:
+        if step != self.current_step:
+            self.current_step = step
+            if self.step_begin is not None:
+                self.step_begin(step)
+
+    def timestep(self, step: int, latents: torch.Tensor) -> torch.Tensor:
+        """The model's timestep input for `step`, built exactly as diffusers' loop builds it."""
+        t = self.timesteps[step]
+        if self.expand_timesteps:
+            # Wan2.2 ti2v: one timestep per latent token of the first frame grid
+            mask = torch.ones(latents.shape, dtype=torch.float32, device=latents.device)
+            return (mask[0][0][:, ::2, ::2] * t).flatten().unsqueeze(0).expand(latents.shape[0], -1)
+        return t.expand(latents.shape[0])
+
+    def after_update(self, step: int, out_slot: int, slots: list[Any], program: Any) -> bool:
+        """Apply the step-end callback's edits to the live slots; True stops the run."""
+        if self.step_end is None:
+            return False
+        result = self.step_end(step, slots[out_slot])
+        if result is None:
+            return False
+        if result.latents is not None:
+            slots[out_slot] = result.latents
+        for name, value in result.inputs.items():
+            self.inputs[name] = value
+            slot = program.input_slots.get(name)
+            if slot is not None and slots[slot] is not None:
+                slots[slot] = value
+        return result.stop

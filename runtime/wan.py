@@ -1,0 +1,109 @@
+"""`WanAdapter`: diffusers' `WanTransformer3DModel` split into embed / run_blocks / head.
+
+The three pieces call the model's own modules in the same order, with the same dtypes and the
+same tensor layout as `WanTransformer3DModel.forward`, so running them back to back is
+bit-for-bit identical to one forward call. Another model plugs into EDiT by writing an adapter
+with the same three methods.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import torch
+
+
+@attrs.define(eq=False)
+class EmbedOutput:
+    """Everything the blocks and the head need from the non-block prefix of a forward.
+
+    `e` is the time embedding (diffusers `temb`), `e0` the per-block modulation input
+    (diffusers `timestep_proj`, already unflattened to (..., 6, dim)) — TeaCache's two signals.
+    """
+
+    hidden: torch.Tensor
+    e: torch.Tensor
+    e0: torch.Tensor
+    encoder_hidden: torch.Tensor
+    rotary: Any
+    grid: tuple[int, int, int, int]  # batch, frames, height, width after patchify
+
+
+class WanAdapter:
+    """Run a `WanTransformer3DModel` in pieces: `embed`, `run_blocks(start, stop)`, `head`."""
+
+    def __init__(self, transformer: torch.nn.Module):
+        blocks = getattr(transformer, "blocks", None)
+        if blocks is None or not hasattr(transformer, "condition_embedder"):
+            raise TypeError(f"transformer: expected a diffusers WanTransformer3DModel, got {type(transformer).__name__}")
+        self.model = transformer
+        self.blocks = blocks
+        self.num_blocks = len(blocks)
+        self.patch_size = tuple(transformer.config.patch_size)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    def check_latents(self, latents: torch.Tensor) -> None:
+        """Raise ValueError when the latent video cannot be patchified by this model."""
+        if latents.ndim != 5:
+            raise ValueError(f"latents: expected 5 dims (batch, channels, frames, height, width), got {tuple(latents.shape)}")
+        channels = self.model.config.in_channels
+        if latents.shape[1] != channels:
+            raise ValueError(f"latents: the model expects {channels} channels, got {latents.shape[1]}")
+        for size, patch, what in zip(latents.shape[2:], self.patch_size, ("frames", "height", "width")):
+            if size % patch:
+                raise ValueError(f"latents: latent {what} {size} is not a multiple of the patch size {patch}")
+
+    def embed(self, latents: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
+              encoder_hidden_states_image: torch.Tensor | None = None) -> EmbedOutput:
+        """Patch embedding, RoPE, time/text condition embedding (the forward's prefix)."""
+        m = self.model
+        batch, _, frames, height, width = latents.shape
+        p_t, p_h, p_w = self.patch_size
+        rotary = m.rope(latents)
+        hidden = m.patch_embedding(latents).flatten(2).transpose(1, 2).contiguous()
+        seq_len = None
+        if timestep.ndim == 2:  # Wan2.2 ti2v: one timestep per token
+            seq_len = timestep.shape[1]
+            timestep = timestep.flatten()
+        e, e0, encoder_hidden, image = m.condition_embedder(
+            timestep, encoder_hidden_states, encoder_hidden_states_image, timestep_seq_len=seq_len)
+        e0 = e0.unflatten(2, (6, -1)) if seq_len is not None else e0.unflatten(1, (6, -1))
+        if image is not None:
+            encoder_hidden = torch.concat([image, encoder_hidden], dim=1)
+        return EmbedOutput(hidden, e, e0, encoder_hidden, rotary,
+                           (batch, frames // p_t, height // p_h, width // p_w))
+
+    def run_blocks(self, start: int, stop: int, hidden: torch.Tensor, ctx: EmbedOutput) -> torch.Tensor:
+        """blocks[start:stop] applied in order; returns the real output of the last block."""
+        for block in self.blocks[start:stop]:
+            hidden = block(hidden, ctx.encoder_hidden, ctx.e0, ctx.rotary)
+        return hidden
+
+    def head(self, hidden: torch.Tensor, ctx: EmbedOutput) -> torch.Tensor:
+        """Output norm with the shift/scale modulation, projection, unpatchify."""
+        m = self.model
+        temb = ctx.e
+        table = m.scale_shift_table
+        if temb.ndim == 3:  # Wan2.2 ti2v: per-token modulation
+            shift, scale = (table.unsqueeze(0).to(temb.device) + temb.unsqueeze(2)).chunk(2, dim=2)
+            shift, scale = shift.squeeze(2), scale.squeeze(2)
+        else:
+            shift, scale = (table.to(temb.device) + temb.unsqueeze(1)).chunk(2, dim=1)
+        shift, scale = shift.to(hidden.device), scale.to(hidden.device)
+        hidden = (m.norm_out(hidden.float()) * (1 + scale) + shift).type_as(hidden)
+        hidden = m.proj_out(hidden)
+        batch, frames, height, width = ctx.grid
+        p_t, p_h, p_w = self.patch_size
+        hidden = hidden.reshape(batch, frames, height, width, p_t, p_h, p_w, -1)
+        hidden = hidden.permute(0, 7, 1, 4, 2, 5, 3, 6)
+        return hidden.flatten(6, 7).flatten(4, 5).flatten(2, 3)
+
+    def forward(self, latents: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                encoder_hidden_states_image: torch.Tensor | None = None) -> torch.Tensor:
+        """The whole forward in pieces; equal to `transformer(...)[0]`."""
+        ctx = self.embed(latents, timestep, encoder_hidden_states, encoder_hidden_states_image)
+        return self.head(self.run_blocks(0, self.num_blocks, ctx.hidden, ctx), ctx)

@@ -45,9 +45,18 @@ class EditWanPipeline(WanPipeline):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, device: str | torch.device | None = None,
                         **kwargs) -> EditWanPipeline:
-        """diffusers' `from_pretrained` (hub id or local folder), then `.to(device)` when given."""
+        """diffusers' `from_pretrained` (hub id or local folder), then `.to(device)` when given.
+
+        Weights that safetensors left at unaligned addresses are copied to fresh (64-byte aligned)
+        storage: CPU BLAS kernels pick their summation order by alignment, so without this a
+        loaded model differs in the last bits from the same weights built in memory.
+        """
         pipe = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        return pipe.to(device) if device is not None else pipe
+        pipe = pipe.to(device) if device is not None else pipe
+        for component in pipe.components.values():
+            if isinstance(component, torch.nn.Module):
+                _realign(component)
+        return pipe
 
     # -- planning -----------------------------------------------------------------------------
     @property
@@ -263,3 +272,11 @@ class EditWanPipeline(WanPipeline):
                 if USE_PEFT_BACKEND:
                     unscale_lora_layers(self.transformer, scale)
         return scaled()
+
+
+def _realign(module: torch.nn.Module, alignment: int = 64) -> None:
+    """Copy parameters and buffers whose storage is not `alignment`-byte aligned."""
+    with torch.no_grad():
+        for tensor in list(module.parameters()) + list(module.buffers()):
+            if tensor.device.type == "cpu" and tensor.data_ptr() % alignment:
+                tensor.data = tensor.data.clone()

@@ -1,0 +1,35 @@
+"""Shared fixtures: tiny seeded Wan components and a helper that runs a pipeline reproducibly."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from edit import tiny_components
+
+#: Small enough that a 3-step CFG generation takes well under a second on 2 CPU cores.
+SMALL = dict(num_frames=9, height=32, width=48, num_inference_steps=3)
+
+
+@functools.lru_cache(maxsize=None)
+def _components(seed: int, dtype: torch.dtype, overrides: tuple) -> dict:
+    return tiny_components(seed, torch_dtype=dtype, **dict(overrides))
+
+
+def components(seed: int = 0, dtype: torch.dtype = torch.float32, **overrides) -> dict:
+    """Cached tiny components (shared between tests: never mutate their weights)."""
+    return dict(_components(seed, dtype, tuple(sorted(overrides.items()))))
+
+
+def generate(pipe, prompt="a red fox running through snow", seed: int = 7, **kwargs):
+    """Run `pipe` with a fresh seeded generator and return `.frames`."""
+    pipe.set_progress_bar_config(disable=True)
+    args = {**SMALL, "output_type": "latent", **kwargs}
+    return pipe(prompt, generator=torch.Generator("cpu").manual_seed(seed), **args).frames
+
+
+@pytest.fixture
+def tiny():
+    return components()

@@ -7,6 +7,7 @@
 (1, 16, 2, 4, 4)
 """
 
+from edit import cache  # noqa: F401  (registers the built-in policies)
 from edit.pipeline import EditWanPipeline
 from edit.tiny import tiny_components, tiny_pipeline
 

@@ -13,8 +13,10 @@ from diffusers.pipelines.wan.pipeline_output import WanPipelineOutput
 from diffusers.utils import logging
 from diffusers.utils.torch_utils import get_module_execution_device
 
-from edit.graph import Graph, RunSpec, lower
+from edit.graph import Graph, RunSpec, Unit, check_granularity, lower
+from edit.passes import PassManager, apply_policy, fold_static, make_policy, regroup
 from edit.runtime import Program, RunState, StepEnd, WanAdapter, compile_program
+from edit.runtime.cache import CacheController
 
 logger = logging.get_logger(__name__)
 
@@ -41,6 +43,8 @@ class EditWanPipeline(WanPipeline):
                          transformer=transformer, transformer_2=transformer_2, boundary_ratio=boundary_ratio,
                          expand_timesteps=expand_timesteps)
         self._program_cache: tuple[Any, Program] | None = None
+        self.cache: CacheController | None = None
+        self.pass_manager: PassManager | None = None
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, device: str | torch.device | None = None,
@@ -73,27 +77,103 @@ class EditWanPipeline(WanPipeline):
         if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"num_inference_steps: expected an int >= 1, got {num_inference_steps!r}")
         if timesteps is None:
-            scheduler = copy.deepcopy(self.scheduler)
-            scheduler.set_timesteps(num_inference_steps, device="cpu")
-            timesteps = scheduler.timesteps
+            timesteps = self._timesteps(num_inference_steps, "cpu")
         branches = ("cond", "uncond") if guidance_scale > 1.0 else ("cond",)
+        cache = self.cache
         return RunSpec(num_steps=len(timesteps), timesteps=[float(t) for t in timesteps],
-                       num_blocks=self.adapter.num_blocks, branches=branches, guidance_scale=guidance_scale)
+                       num_blocks=self.adapter.num_blocks, branches=branches, guidance_scale=guidance_scale,
+                       granularity=cache.granularity if cache else "stack",
+                       generation=cache.generation if cache else 0)
 
-    def build_plan(self, spec: RunSpec) -> Graph:
-        """Lower `spec` into the plan this pipeline executes (subclasses and passes extend it)."""
-        return lower(spec)
+    def _timesteps(self, num_inference_steps: int, device) -> torch.Tensor:
+        scheduler = copy.deepcopy(self.scheduler)
+        scheduler.set_timesteps(num_inference_steps, device=device)
+        return scheduler.timesteps
 
-    def compile(self, num_inference_steps: int = 50, guidance_scale: float = 5.0) -> Graph:
-        """The plan a call with these settings would run, for inspection, editing and replay."""
-        return self.build_plan(self.run_spec(num_inference_steps, guidance_scale))
+    def build_plan(self, spec: RunSpec, signals=None) -> Graph:
+        """Lower `spec`, then the cache passes: regroup -> apply_policy -> fold_static (when the
+        policy's signal is static and `signals`, step -> (e, e0), is given). Verified after each pass."""
+        graph = lower(spec)
+        cache = self.cache
+        if cache is None:
+            return graph
+        passes = [lambda g: regroup(g, cache.granularity), lambda g: apply_policy(g, cache.policy)]
+        if cache.fold and signals is not None and cache.policy.static_signal:
+            passes.append(lambda g: fold_static(g, cache.policy, signals))
+        for fn, name in zip(passes, ("regroup", "apply_policy", "fold_static")):
+            fn.__name__ = name
+        self.pass_manager = PassManager(passes, debug=True)
+        return self.pass_manager.run(graph)
 
-    def _program(self, spec: RunSpec, plan: Graph | None) -> Program:
+    def compile(self, num_inference_steps: int = 50, guidance_scale: float = 5.0, *, height: int = 480,
+                width: int = 832, num_frames: int = 81, batch_size: int = 1) -> Graph:
+        """The plan a call with these settings would run, for inspection, editing and replay.
+
+        With a static cache policy the plan is folded: the size and batch are needed to compute
+        the policy's signals exactly as the run will.
+        """
+        spec = self.run_spec(num_inference_steps, guidance_scale)
+        num_frames, height, width = self._fit_video_size(num_frames, height, width)
+        shape = self._latent_shape(batch_size, num_frames, height, width)
+        timesteps = self._timesteps(num_inference_steps, self._execution_device)
+        return self.build_plan(spec, self._signals(timesteps, shape))
+
+    def _latent_shape(self, batch: int, num_frames: int, height: int, width: int) -> tuple[int, ...]:
+        return (batch, self.transformer.config.in_channels, (num_frames - 1) // self.vae_scale_factor_temporal + 1,
+                height // self.vae_scale_factor_spatial, width // self.vae_scale_factor_spatial)
+
+    def _signals(self, timesteps: torch.Tensor, shape: tuple[int, ...]):
+        """step -> (e, e0), computed from the weights and the timestep as the run computes them."""
+        probe = torch.empty(shape, device=timesteps.device)
+        state = RunState(adapter=self.adapter, scheduler=None, timesteps=timesteps, inputs={},
+                         expand_timesteps=bool(self.config.expand_timesteps))
+
+        def signals(step: int):
+            with torch.no_grad():
+                return self.adapter.time_signals(state.timestep(step, probe), self.transformer.dtype)
+        return signals
+
+    # -- caching ------------------------------------------------------------------------------
+    def enable_cache(self, policy: Any = "teacache", *, num_inference_steps: int | None = None,
+                     granularity: str | int = "stack", store: Any = None, fold: bool = True,
+                     **policy_kwargs: Any) -> CacheController:
+        """Turn on step caching with `policy` (a registered name, a CachePolicy subclass or instance).
+
+        `granularity`: "stack", "per_block" or an int k (units of k blocks). `store`: where residuals
+        live (default: a GPUStore on the execution device). `fold`: evaluate static policies
+        (TeaCache) at compile time into a fixed schedule. Returns `pipe.cache`.
+        """
+        policy = make_policy(policy, **policy_kwargs)
+        check_granularity(granularity, self.adapter.num_blocks)
+        if num_inference_steps is not None and (isinstance(num_inference_steps, bool) or
+                                                not isinstance(num_inference_steps, int) or num_inference_steps < 1):
+            raise ValueError(f"num_inference_steps: expected an int >= 1 or None, got {num_inference_steps!r}")
+        if store is None:
+            from edit.runtime.store import GPUStore
+            store = GPUStore(device=self._execution_device)
+        for method in ("put", "get"):
+            if not callable(getattr(store, method, None)):
+                raise TypeError(f"store: expected a CacheStore (put/get), got {type(store).__name__}")
+        self.cache = CacheController(policy, store=store, granularity=granularity,
+                                     num_inference_steps=num_inference_steps, fold=bool(fold))
+        self._program_cache = None
+        return self.cache
+
+    def disable_cache(self) -> None:
+        """Back to the plain no-cache plan (bit-identical to diffusers)."""
+        if self.cache is not None and self.cache.store is not None:
+            self.cache.store.clear()
+        self.cache = None
+        self._program_cache = None
+
+    def _program(self, spec: RunSpec, plan: Graph | None, timesteps: torch.Tensor, shape: tuple) -> Program:
         if plan is not None:
             self._check_plan(plan, spec)
             return compile_program(plan)
-        if self._program_cache is None or self._program_cache[0] != spec:
-            self._program_cache = (spec, compile_program(self.build_plan(spec)))
+        cache = self.cache
+        key = (spec, tuple(shape), self.transformer.dtype, id(cache), cache and (cache.policy, cache.fold))
+        if self._program_cache is None or self._program_cache[0] != key:
+            self._program_cache = (key, compile_program(self.build_plan(spec, self._signals(timesteps, shape))))
         return self._program_cache[1]
 
     @staticmethod
@@ -177,8 +257,15 @@ class EditWanPipeline(WanPipeline):
         self._num_timesteps = len(timesteps)
         self.scheduler.set_begin_index(0)
 
+        cache = self.cache
+        if cache is not None and cache.num_inference_steps not in (None, num_inference_steps):
+            raise ValueError(f"num_inference_steps: the cache was enabled for {cache.num_inference_steps} steps, "
+                             f"this call asks for {num_inference_steps}")
         spec = self.run_spec(num_inference_steps, guidance_scale, timesteps)
-        program = self._program(spec, plan)
+        program = self._program(spec, plan, timesteps, tuple(latents.shape))
+        if cache is not None:
+            units = {n.unit for n in program.graph.nx.nodes if isinstance(n, Unit)}
+            cache.begin_run(len(timesteps), len(units))
         inputs = {"latents": latents, "text.cond": prompt_embeds}
         if self.do_classifier_free_guidance:
             inputs["text.uncond"] = negative_prompt_embeds
@@ -188,6 +275,8 @@ class EditWanPipeline(WanPipeline):
                                         callback_on_step_end, callback_on_step_end_tensor_inputs)
             latents = program.run(state)
         self._current_timestep = None
+        if cache is not None:
+            cache.end_run()
 
         video = latents if output_type == "latent" else self._decode(latents, output_type)
         self.maybe_free_model_hooks()
@@ -223,7 +312,7 @@ class EditWanPipeline(WanPipeline):
 
         state = RunState(adapter=self.adapter, scheduler=self.scheduler, timesteps=timesteps, inputs=inputs,
                          expand_timesteps=bool(self.config.expand_timesteps), step_begin=step_begin,
-                         step_end=step_end)
+                         step_end=step_end, cache=self.cache)
         return state
 
     # -- helpers ------------------------------------------------------------------------------

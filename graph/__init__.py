@@ -12,13 +12,14 @@ step  cond    uncond
 
 from edit.graph.core import Graph, same_structure
 from edit.graph.lower import lower
-from edit.graph.nodes import (BRANCHES, DATA, EDGE_KINDS, PREFETCH, REUSE, SKIP, Embed, Guide, Head, Input,
-                              Node, Output, Unit, Update)
+from edit.graph.nodes import (BRANCHES, COMPUTE, DATA, EDGE_KINDS, GUARDS, PREFETCH, REUSE, SKIP, Decide, Embed,
+                              Guide, Head, Input, Load, Merge, Node, Output, Probe, Reuse, Save, Unit, Update)
 from edit.graph.spec import GRANULARITIES, RunSpec, check_granularity, unit_ranges
 from edit.graph.verify import GraphError, verify
 
 __all__ = [
-    "BRANCHES", "DATA", "EDGE_KINDS", "GRANULARITIES", "PREFETCH", "REUSE", "SKIP",
-    "Embed", "Graph", "GraphError", "Guide", "Head", "Input", "Node", "Output", "RunSpec", "Unit", "Update",
+    "BRANCHES", "COMPUTE", "DATA", "EDGE_KINDS", "GRANULARITIES", "GUARDS", "PREFETCH", "REUSE", "SKIP",
+    "Decide", "Embed", "Graph", "GraphError", "Guide", "Head", "Input", "Load", "Merge", "Node", "Output", "Probe",
+    "Reuse", "RunSpec", "Save", "Unit", "Update",
     "check_granularity", "lower", "same_structure", "unit_ranges", "verify",
 ]

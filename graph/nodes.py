@@ -14,9 +14,11 @@ import attrs
 #: CFG branch names, as diffusers' cache contexts call them.
 BRANCHES = ("cond", "uncond")
 
-#: Edge kinds.
-DATA, SKIP, REUSE, PREFETCH = "data", "skip", "reuse", "prefetch"
-EDGE_KINDS = (DATA, SKIP, REUSE, PREFETCH)
+#: Edge kinds. `compute`/`skip` edges leave a `Decide` and guard the two paths; `reuse` links a
+#: residual's `Save` to the `Load` that reads it; `prefetch` links a `Prefetch` to its `Load`.
+DATA, COMPUTE, SKIP, REUSE, PREFETCH = "data", "compute", "skip", "reuse", "prefetch"
+EDGE_KINDS = (DATA, COMPUTE, SKIP, REUSE, PREFETCH)
+GUARDS = (COMPUTE, SKIP)
 
 
 def _branch_rank(branch: str | None) -> int:
@@ -34,7 +36,9 @@ class Node:
     """
 
     inputs: ClassVar[tuple[str, ...]] = ()
+    optional: ClassVar[tuple[str, ...]] = ()
     phase: ClassVar[int] = 0
+    sub: ClassVar[int] = 0  # order inside one unit: decide, load, reuse, unit, save, merge
 
     @property
     def name(self) -> str:
@@ -62,6 +66,7 @@ class Node:
             self.phase if step is not None else 0,
             _branch_rank(getattr(self, "branch", None)),
             getattr(self, "unit", -1),
+            self.sub,
             self.name,
         )
 
@@ -100,6 +105,7 @@ class Unit(Node):
 
     inputs: ClassVar[tuple[str, ...]] = ("hidden", "ctx")
     phase: ClassVar[int] = 1
+    sub: ClassVar[int] = 3
     step: int
     branch: str
     unit: int
@@ -112,8 +118,172 @@ class Unit(Node):
     def params(self) -> str:
         return f"blocks={self.blocks[0]}:{self.blocks[1]}"
 
-    def cell_state(self) -> tuple[tuple[int, str, int], str]:
+    def cell_state(self, graph) -> tuple[tuple[int, str, int], str]:
         return (self.step, self.branch, self.unit), "C"
+
+
+@attrs.frozen
+class Probe(Node):
+    """First-Block-Cache probe: block 0 always runs; yields its output and residual (out0 - x)."""
+
+    inputs: ClassVar[tuple[str, ...]] = ("hidden", "ctx")
+    phase: ClassVar[int] = 1
+    unit: ClassVar[int] = -1
+    step: int
+    branch: str
+    blocks: tuple[int, int] = attrs.field(default=(0, 1), converter=tuple)
+
+    @property
+    def name(self) -> str:
+        return f"s{self.step}.{self.branch}.probe"
+
+    def params(self) -> str:
+        return f"blocks={self.blocks[0]}:{self.blocks[1]}"
+
+
+@attrs.frozen
+class Decide(Node):
+    """A cache decision for one unit: True computes it, False reuses its stored residual."""
+
+    inputs: ClassVar[tuple[str, ...]] = ("hidden", "ctx")
+    optional: ClassVar[tuple[str, ...]] = ("probe",)
+    phase: ClassVar[int] = 1
+    sub: ClassVar[int] = 0
+    step: int
+    branch: str
+    unit: int
+    policy: str
+    forced: bool = False  # the policy is consulted (its state advances) but the unit always computes
+
+    @property
+    def name(self) -> str:
+        return f"s{self.step}.{self.branch}.u{self.unit}.decide"
+
+    def params(self) -> str:
+        return f"policy={self.policy}" + (" forced" if self.forced else "")
+
+    def cell_state(self, graph) -> tuple[tuple[int, str, int], str]:
+        return (self.step, self.branch, self.unit), "C" if self.forced else "?"
+
+    def check(self, graph) -> str | None:
+        kinds = {d["kind"] for _, _, d in graph.nx.out_edges(self, data=True)}
+        missing = [k for k in (GUARDS[:1] if self.forced else GUARDS) if k not in kinds]
+        return f"decision has no {missing[0]} path" if missing else None
+
+
+def _residual_key(node) -> tuple[int, str, int]:
+    return (node.generation, node.branch, node.unit)
+
+
+@attrs.frozen
+class Save(Node):
+    """Store the unit's residual (output - input) under `key` = (generation, branch, unit)."""
+
+    inputs: ClassVar[tuple[str, ...]] = ("input", "output")
+    phase: ClassVar[int] = 1
+    sub: ClassVar[int] = 4
+    step: int
+    branch: str
+    unit: int
+    generation: int = 0
+
+    @property
+    def key(self) -> tuple[int, str, int]:
+        return _residual_key(self)
+
+    @property
+    def name(self) -> str:
+        return f"s{self.step}.{self.branch}.u{self.unit}.save"
+
+    def params(self) -> str:
+        return f"key={self.key!r}"
+
+
+@attrs.frozen
+class Load(Node):
+    """Read the residual stored under `key`; None (a miss) makes the reuse recompute the unit.
+
+    `generation` older than the run's own marks a read of an earlier generation (cross-segment
+    reuse), which needs no `Save` in this graph.
+    """
+
+    phase: ClassVar[int] = 1
+    sub: ClassVar[int] = 1
+    step: int
+    branch: str
+    unit: int
+    generation: int = 0
+
+    @property
+    def key(self) -> tuple[int, str, int]:
+        return _residual_key(self)
+
+    @property
+    def name(self) -> str:
+        return f"s{self.step}.{self.branch}.u{self.unit}.load"
+
+    def params(self) -> str:
+        return f"key={self.key!r}"
+
+    def check(self, graph) -> str | None:
+        own = graph.spec.generation if graph.spec is not None else 0
+        if self.generation < own:
+            return None
+        sources = [u for u, _, d in graph.nx.in_edges(self, data=True) if d["kind"] == REUSE]
+        if not any(isinstance(u, Save) and u.key == self.key and u.step < self.step for u in sources):
+            return f"reads {self.key!r} but no earlier Save of that key feeds it (reuse edge)"
+        return None
+
+
+@attrs.frozen
+class Reuse(Node):
+    """Unit output = unit input + stored residual; recomputes blocks[start:stop] on a miss."""
+
+    inputs: ClassVar[tuple[str, ...]] = ("hidden", "residual", "ctx")
+    phase: ClassVar[int] = 1
+    sub: ClassVar[int] = 2
+    step: int
+    branch: str
+    unit: int
+    blocks: tuple[int, int] = attrs.field(converter=tuple)
+    generation: int = 0
+    source: int | None = None  # the step whose residual is reused, when known at compile time
+
+    @property
+    def key(self) -> tuple[int, str, int]:
+        return _residual_key(self)
+
+    @property
+    def name(self) -> str:
+        return f"s{self.step}.{self.branch}.u{self.unit}.reuse"
+
+    def params(self) -> str:
+        src = "" if self.source is None else f" source=s{self.source}"
+        return f"blocks={self.blocks[0]}:{self.blocks[1]}{src}"
+
+    def cell_state(self, graph) -> tuple[tuple[int, str, int], str]:
+        own = graph.spec.generation if graph.spec is not None else 0
+        return (self.step, self.branch, self.unit), ("R" if self.generation < own else "S")
+
+
+@attrs.frozen
+class Merge(Node):
+    """The unit's output: the computed value or the reused one, whichever path ran."""
+
+    optional: ClassVar[tuple[str, ...]] = ("computed", "reused")
+    phase: ClassVar[int] = 1
+    sub: ClassVar[int] = 5
+    step: int
+    branch: str
+    unit: int
+
+    @property
+    def name(self) -> str:
+        return f"s{self.step}.{self.branch}.u{self.unit}.out"
+
+    def check(self, graph) -> str | None:
+        ports = {d["port"] for _, d in graph.in_edges(self, DATA)}
+        return None if ports else "merge has neither a computed nor a reused input"
 
 
 @attrs.frozen
@@ -177,4 +347,4 @@ class Output(Node):
         return "out"
 
     def order_key(self) -> tuple:
-        return (10**9, 0, 0, 0, self.name)
+        return (10**9, 0, 0, 0, 0, self.name)

@@ -49,7 +49,7 @@ def cell_states(graph: Graph) -> dict[tuple[int, str, int], str]:
         state = getattr(node, "cell_state", None)
         if state is None:
             continue
-        key, value = state()
+        key, value = state(graph)
         if key not in cells or rank[value] > rank[cells[key]]:
             cells[key] = value
     return cells

@@ -7,7 +7,7 @@ from collections import Counter
 import networkx as nx
 
 from edit.graph.core import Graph
-from edit.graph.nodes import DATA, EDGE_KINDS, Node
+from edit.graph.nodes import DATA, EDGE_KINDS, GUARDS, Decide, Node
 
 
 class GraphError(ValueError):
@@ -23,7 +23,7 @@ def verify(graph: Graph) -> Graph:
 
     Checks: every endpoint is a node record added to the graph (no dangling edges); edge kinds are
     known; the graph is acyclic; every node receives each of its input ports exactly once and no
-    unknown port; kind-specific rules (`Node.check`, e.g. a load needs an earlier save).
+    unknown port; guard edges leave a Decide; kind-specific rules (`Node.check`, e.g. a load needs an earlier save).
     """
     if not isinstance(graph, Graph):
         raise TypeError(f"graph: expected an edit.graph.Graph, got {type(graph).__name__}")
@@ -39,6 +39,8 @@ def verify(graph: Graph) -> Graph:
             raise GraphError(f"edge {_name(u)} -> {_name(v)}: kind {data.get('kind')!r} is not one of {EDGE_KINDS}")
         if data["kind"] == DATA and not data.get("port"):
             raise GraphError(f"data edge {_name(u)} -> {_name(v)} has no port")
+        if data["kind"] in GUARDS and not isinstance(u, Decide):
+            raise GraphError(f"{_name(v)}: guard edge ({data['kind']}) from {_name(u)}, which is not a Decide")
     try:
         cycle = nx.find_cycle(g)
     except nx.NetworkXNoCycle:
@@ -52,8 +54,9 @@ def verify(graph: Graph) -> Graph:
             if ports[port] == 0:
                 raise GraphError(f"{_name(node)}: input {port!r} has no producer")
         for port, count in ports.items():
-            if port not in node.inputs:
-                raise GraphError(f"{_name(node)}: unknown input port {port!r} (expects {node.inputs})")
+            if port not in node.inputs and port not in node.optional:
+                raise GraphError(f"{_name(node)}: unknown input port {port!r} "
+                                 f"(expects {node.inputs + node.optional})")
             if count > 1:
                 raise GraphError(f"{_name(node)}: input {port!r} has {count} producers")
         problem = node.check(graph)

@@ -12,7 +12,7 @@ from typing import Any
 
 import attrs
 
-from edit.graph import Graph, Input, Node, Output, Update, verify
+from edit.graph import COMPUTE, GUARDS, Graph, Input, Node, Output, Update, verify
 
 #: node type -> kernel(state, node, **inputs) -> value. Extended with `register_kernel`.
 KERNELS: dict[type, Callable[..., Any]] = {}
@@ -46,6 +46,7 @@ class Instr:
     args: tuple[tuple[str, int, str | None], ...]
     out: int
     free: tuple[int, ...]
+    guard: tuple[int, bool] | None = None  # (decision slot, run when it equals this)
 
 
 @attrs.frozen
@@ -70,6 +71,8 @@ class Program:
         slots: list[Any] = [None] * self.num_slots
         hooks = state.hooks
         for ins in self.instrs:
+            if ins.guard is not None and slots[ins.guard[0]] is not ins.guard[1]:
+                continue
             kwargs = {port: (slots[s] if sel is None else getattr(slots[s], sel)) for port, s, sel in ins.args}
             if hooks:
                 kwargs = hooks.before(state, ins.node, kwargs)
@@ -91,9 +94,11 @@ def compile_program(graph: Graph, *, check: bool = True) -> Program:
     order = graph.order()
     slot_of = {node: i for i, node in enumerate(order)}
     inputs = {node: graph.inputs_of(node) for node in order}
+    guards = {node: [(u, d["kind"]) for u, d in graph.in_edges(node, kind=None) if d["kind"] in GUARDS]
+              for node in order}
     last_use: dict[int, int] = {}
     for pos, node in enumerate(order):
-        for producer, _ in inputs[node].values():
+        for producer in [p for p, _ in inputs[node].values()] + [u for u, _ in guards[node]]:
             last_use[slot_of[producer]] = pos
     frees: dict[int, list[int]] = {}
     outputs = [n for n in order if isinstance(n, Output)]
@@ -105,6 +110,9 @@ def compile_program(graph: Graph, *, check: bool = True) -> Program:
     instrs = []
     for pos, node in enumerate(order):
         args = tuple(sorted((port, slot_of[p], sel) for port, (p, sel) in inputs[node].items()))
-        instrs.append(Instr(node, kernel_for(node), args, slot_of[node], tuple(sorted(frees.get(pos, ())))))
+        if len(guards[node]) > 1:
+            raise ValueError(f"%{node.name}: guarded by {len(guards[node])} decisions; at most one is allowed")
+        guard = (slot_of[guards[node][0][0]], guards[node][0][1] == COMPUTE) if guards[node] else None
+        instrs.append(Instr(node, kernel_for(node), args, slot_of[node], tuple(sorted(frees.get(pos, ()))), guard))
     input_slots = {n.value: slot_of[n] for n in order if isinstance(n, Input)}
     return Program(graph, tuple(instrs), len(order), input_slots, slot_of[outputs[0]])

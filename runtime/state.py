@@ -34,6 +34,7 @@ class RunState:
     inputs: dict[str, Any]
     expand_timesteps: bool = False
     hooks: Any = None
+    cache: Any = None  # a CacheController when the plan has cache nodes
     step_begin: Callable[[int], None] | None = None
     step_end: Callable[[int, torch.Tensor], StepEnd | None] | None = None
     current_step: int = -1

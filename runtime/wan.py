@@ -77,6 +77,19 @@ class WanAdapter:
         return EmbedOutput(hidden, e, e0, encoder_hidden, rotary,
                            (batch, frames // p_t, height // p_h, width // p_w))
 
+    def time_signals(self, timestep: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(e, e0) for `timestep`, bit-identical to what `embed` computes (they do not depend on the
+        text values, only on the text dtype), so a static policy can be folded ahead of time."""
+        m = self.model
+        seq_len = None
+        if timestep.ndim == 2:
+            seq_len = timestep.shape[1]
+            timestep = timestep.flatten()
+        batch = timestep.shape[0] // (seq_len or 1)
+        text = torch.zeros(batch, 1, m.config.text_dim, dtype=dtype, device=timestep.device)
+        e, e0, _, _ = m.condition_embedder(timestep, text, None, timestep_seq_len=seq_len)
+        return e, (e0.unflatten(2, (6, -1)) if seq_len is not None else e0.unflatten(1, (6, -1)))
+
     def run_blocks(self, start: int, stop: int, hidden: torch.Tensor, ctx: EmbedOutput) -> torch.Tensor:
         """blocks[start:stop] applied in order; returns the real output of the last block."""
         for block in self.blocks[start:stop]:

@@ -1,0 +1,20 @@
+"""The user-facing cache API: policies, their registry, stores, hooks and transformer patching.
+
+>>> from edit.cache import CachePolicy, register_policy, relative_l1
+>>> @register_policy("every_other_step")
+... class EveryOther(CachePolicy):
+...     def should_compute(self, ctx):
+...         return ctx.step % 2 == 0
+>>> import torch
+>>> relative_l1(torch.tensor([1.0, 3.0]), torch.tensor([1.0, 2.0]))
+0.3333333432674408
+"""
+
+from edit.cache.policies import TEACACHE_COEFFICIENTS, FirstBlockCache, NoCache, TeaCache
+from edit.passes.policy import (REGISTRY, CacheContext, CachePolicy, PolicyState, make_policy, register_policy,
+                                relative_l1)
+from edit.runtime.cache import HOOK_EVENTS, CacheController, CacheStats, UnitEvent
+
+__all__ = ["HOOK_EVENTS", "REGISTRY", "TEACACHE_COEFFICIENTS", "CacheContext", "CacheController", "CachePolicy",
+           "CacheStats", "FirstBlockCache", "NoCache", "PolicyState", "TeaCache", "UnitEvent", "make_policy",
+           "register_policy", "relative_l1"]

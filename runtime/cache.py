@@ -1,0 +1,161 @@
+"""The cache controller: policy states, the residual store, live stats and unit-level hooks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import torch
+
+from edit.graph import Decide
+from edit.passes.policy import CacheContext, CachePolicy, PolicyState
+
+HOOK_EVENTS = ("before_unit", "after_decision", "after_unit")
+
+
+@attrs.define(eq=False)
+class UnitEvent:
+    """What a hook sees. `after_decision` hooks may return a bool to override `compute`;
+    `after_unit` hooks may return a tensor to replace `output`."""
+
+    event: str
+    step: int
+    branch: str
+    unit: int
+    hidden: torch.Tensor | None = None
+    compute: bool | None = None
+    output: torch.Tensor | None = None
+    ctx: CacheContext | None = None
+
+
+class CacheStats:
+    """Live counters of one run: computed/skipped unit evaluations and the per-step trace."""
+
+    def __init__(self) -> None:
+        self.computed = 0
+        self.skipped = 0
+        self.recomputed = 0  # reuse paths whose residual was missing from the store
+        self.rows: dict[tuple[str, int], list[str]] = {}
+        self.store: dict[str, Any] | None = None
+
+    def record(self, branch: str, unit: int, computed: bool) -> None:
+        self.rows.setdefault((branch, unit), []).append("C" if computed else "S")
+        if computed:
+            self.computed += 1
+        else:
+            self.skipped += 1
+
+    @property
+    def trace(self) -> dict[tuple[str, int], str]:
+        """{(branch, unit_index): "CCSSC..."}, one character per step so far."""
+        return {k: "".join(v) for k, v in sorted(self.rows.items())}
+
+    @property
+    def skip_ratio(self) -> float:
+        total = self.computed + self.skipped
+        return self.skipped / total if total else 0.0
+
+    @property
+    def steps_skipped(self) -> float:
+        """Fraction of (step, branch) forwards whose whole stack was reused."""
+        forwards = skipped = 0
+        for branch in sorted({b for b, _ in self.rows}):
+            rows = [v for (b, _), v in sorted(self.rows.items()) if b == branch]
+            for chars in zip(*rows):
+                forwards += 1
+                skipped += all(c == "S" for c in chars)
+        return skipped / forwards if forwards else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"computed": self.computed, "skipped": self.skipped, "recomputed": self.recomputed,
+                "skip_ratio": self.skip_ratio, "steps_skipped": self.steps_skipped,
+                "trace": {f"{b}:{u}": t for (b, u), t in self.trace.items()}, "store": self.store}
+
+    def __str__(self) -> str:
+        lines = [f"computed {self.computed}, skipped {self.skipped} ({self.skip_ratio:.0%} of unit evaluations), "
+                 f"whole-stack skips {self.steps_skipped:.0%} of forwards, recomputed {self.recomputed}"]
+        width = max((len(f"{b}:u{u}") for b, u in self.rows), default=0)
+        for (branch, unit), trace in self.trace.items():
+            lines.append(f"  {f'{branch}:u{unit}':<{width}}  {trace}")
+        return "\n".join(lines)
+
+
+class CacheController:
+    """`pipe.cache`: the bound policy, its per-(branch, unit) states, the residual store, stats, hooks."""
+
+    def __init__(self, policy: CachePolicy, *, store: Any, granularity: str | int = "stack",
+                 num_inference_steps: int | None = None, fold: bool = True):
+        self.policy = policy
+        self.store = store
+        self.granularity = granularity
+        self.num_inference_steps = num_inference_steps
+        self.fold = fold
+        self.generation = 0
+        self.stats = CacheStats()
+        self.states: dict[tuple[str, int], PolicyState] = {}
+        self.hooks: dict[str, list[Callable[[UnitEvent], Any]]] = {e: [] for e in HOOK_EVENTS}
+        self.num_steps = 0
+        self.num_units = 0
+
+    # -- user API -----------------------------------------------------------------------------
+    def add_hook(self, event: str, fn: Callable[[UnitEvent], Any]) -> Callable[[], None]:
+        """Call `fn(UnitEvent)` at `event` (before_unit / after_decision / after_unit); returns a remover."""
+        if event not in HOOK_EVENTS:
+            raise ValueError(f"event: expected one of {HOOK_EVENTS}, got {event!r}")
+        if not callable(fn):
+            raise TypeError(f"fn: expected a callable, got {type(fn).__name__}")
+        self.hooks[event].append(fn)
+        return lambda: self.hooks[event].remove(fn) if fn in self.hooks[event] else None
+
+    def set_generation(self, generation: int) -> None:
+        """Residuals of later runs are keyed by this generation id."""
+        if isinstance(generation, bool) or not isinstance(generation, int) or generation < 0:
+            raise ValueError(f"generation: expected an int >= 0, got {generation!r}")
+        self.generation = generation
+
+    def reset(self, clear_store: bool = False) -> None:
+        """Forget policy states and stats; with `clear_store`, drop every stored residual."""
+        self.states.clear()
+        self.stats = CacheStats()
+        if clear_store and self.store is not None:
+            self.store.clear()
+
+    # -- runtime side -------------------------------------------------------------------------
+    def begin_run(self, num_steps: int, num_units: int) -> None:
+        self.states.clear()
+        self.stats = CacheStats()
+        self.num_steps, self.num_units = num_steps, num_units
+
+    def end_run(self) -> None:
+        stats = getattr(self.store, "stats", None)
+        if stats is not None:
+            self.stats.store = stats.as_dict() if hasattr(stats, "as_dict") else stats
+
+    def state(self, branch: str, unit: int) -> PolicyState:
+        state = self.states.get((branch, unit))
+        if state is None:
+            state = self.states[(branch, unit)] = PolicyState(branch, unit)
+            self.policy.reset(state)
+        return state
+
+    def decide(self, node: Decide, hidden: torch.Tensor, ctx: Any, probe: torch.Tensor | None) -> bool:
+        context = CacheContext(step=node.step, num_steps=self.num_steps, branch=node.branch, unit_index=node.unit,
+                               num_units=self.num_units, hidden=hidden, e0=ctx.e0, e=ctx.e,
+                               encoder_hidden=ctx.encoder_hidden, state=self.state(node.branch, node.unit),
+                               first_block_residual=probe)
+        self.fire("before_unit", node, hidden=hidden, ctx=context)
+        compute = bool(self.policy.should_compute(context)) or node.forced
+        for fn in self.hooks["after_decision"]:
+            verdict = fn(UnitEvent("after_decision", node.step, node.branch, node.unit, hidden=hidden,
+                                   compute=compute, ctx=context))
+            if verdict is not None and not node.forced:
+                compute = bool(verdict)
+        return compute
+
+    def fire(self, event: str, node: Any, **fields: Any) -> Any:
+        result = None
+        for fn in self.hooks[event]:
+            out = fn(UnitEvent(event, node.step, node.branch, node.unit, **fields))
+            result = out if out is not None else result
+        return result

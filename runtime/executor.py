@@ -69,8 +69,13 @@ class Program:
         latents or inputs (step-end callbacks) and returns True to stop the run early (interrupt).
         """
         slots: list[Any] = [None] * self.num_slots
+        stopped_at = self.execute(state, self.instrs, slots)
+        return slots[self.output_slot] if stopped_at is None else slots[stopped_at]
+
+    def execute(self, state: Any, instrs: tuple[Instr, ...], slots: list[Any]) -> int | None:
+        """Run `instrs` over `slots`; returns the output slot of the Update that stopped the run, if any."""
         hooks = state.hooks
-        for ins in self.instrs:
+        for ins in instrs:
             if ins.guard is not None and slots[ins.guard[0]] is not ins.guard[1]:
                 continue
             kwargs = {port: (slots[s] if sel is None else getattr(slots[s], sel)) for port, s, sel in ins.args}
@@ -83,8 +88,8 @@ class Program:
             for s in ins.free:
                 slots[s] = None
             if type(ins.node) is Update and state.after_update(ins.node.step, ins.out, slots, self):
-                return slots[ins.out]
-        return slots[self.output_slot]
+                return ins.out
+        return None
 
 
 def compile_program(graph: Graph, *, check: bool = True) -> Program:

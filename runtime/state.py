@@ -35,6 +35,7 @@ class RunState:
     expand_timesteps: bool = False
     hooks: Any = None
     cache: Any = None  # a CacheController when the plan has cache nodes
+    timestep_override: torch.Tensor | None = None  # the model input as given (patched transformer)
     step_begin: Callable[[int], None] | None = None
     step_end: Callable[[int, torch.Tensor], StepEnd | None] | None = None
     current_step: int = -1
@@ -47,6 +48,8 @@ class RunState:
 
     def timestep(self, step: int, latents: torch.Tensor) -> torch.Tensor:
         """The model's timestep input for `step`, built exactly as diffusers' loop builds it."""
+        if self.timestep_override is not None:
+            return self.timestep_override
         t = self.timesteps[step]
         if self.expand_timesteps:
             # Wan2.2 ti2v: one timestep per latent token of the first frame grid

@@ -13,8 +13,9 @@
 from edit.cache.policies import TEACACHE_COEFFICIENTS, FirstBlockCache, NoCache, TeaCache
 from edit.passes.policy import (REGISTRY, CacheContext, CachePolicy, PolicyState, make_policy, register_policy,
                                 relative_l1)
+from edit.cache.transformer import apply_cache_on_transformer, remove_cache_from_transformer
 from edit.runtime.cache import HOOK_EVENTS, CacheController, CacheStats, UnitEvent
 
 __all__ = ["HOOK_EVENTS", "REGISTRY", "TEACACHE_COEFFICIENTS", "CacheContext", "CacheController", "CachePolicy",
            "CacheStats", "FirstBlockCache", "NoCache", "PolicyState", "TeaCache", "UnitEvent", "make_policy",
-           "register_policy", "relative_l1"]
+           "apply_cache_on_transformer", "register_policy", "relative_l1", "remove_cache_from_transformer"]

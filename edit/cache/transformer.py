@@ -1,0 +1,140 @@
+"""`apply_cache_on_transformer`: the same caching for a plain diffusers `WanPipeline`.
+
+The transformer's `forward` is replaced (an instance attribute, so removal restores the class's
+method exactly) by one that runs the matching (step, branch) slice of the cached plan. The step
+and the CFG branch come from diffusers' `cache_context("cond"/"uncond", step_index=...)`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import types
+from typing import Any
+
+import torch
+from diffusers.models.modeling_outputs import Transformer2DModelOutput
+
+from edit.graph import Embed, Head, RunSpec, Unit, lower
+from edit.passes import apply_policy, make_policy, regroup
+from edit.runtime import RunState, WanAdapter, compile_program
+from edit.runtime.cache import CacheController
+from edit.graph import check_granularity
+
+_PATCHED = ("forward", "cache_context", "_edit_cache")
+
+
+class _TransformerCache:
+    """Per-transformer plan slices, compiled once per step count."""
+
+    def __init__(self, transformer: torch.nn.Module, controller: CacheController):
+        self.adapter = WanAdapter(transformer)
+        self.controller = controller
+        self.program = None
+        self.slices: dict[tuple[int, str], tuple] = {}
+        self.context: dict[str, Any] = {}
+        self.calls = 0
+
+    def prepare(self, num_steps: int) -> None:
+        if self.program is not None and self.program.graph.spec.num_steps == num_steps:
+            return
+        spec = RunSpec(num_steps=num_steps, timesteps=range(num_steps, 0, -1), num_blocks=self.adapter.num_blocks,
+                       granularity=self.controller.granularity, generation=self.controller.generation)
+        graph = apply_policy(regroup(lower(spec), self.controller.granularity), self.controller.policy)
+        self.program = compile_program(graph)
+        self.slices = {}
+        for ins in self.program.instrs:
+            step, branch = getattr(ins.node, "step", None), getattr(ins.node, "branch", None)
+            if branch is not None:
+                entry = self.slices.setdefault((step, branch), [[], None, None])
+                entry[0].append(ins)
+                if isinstance(ins.node, Embed):
+                    entry[1] = dict((port, slot) for port, slot, _ in ins.args)
+                if isinstance(ins.node, Head):
+                    entry[2] = ins.out
+
+    def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                encoder_hidden_states_image: torch.Tensor | None = None, return_dict: bool = True,
+                attention_kwargs: dict | None = None):
+        if encoder_hidden_states_image is not None:
+            raise ValueError("encoder_hidden_states_image: image conditioning (Wan I2V) is not supported by "
+                             "apply_cache_on_transformer")
+        ctx = self.context
+        num_steps = ctx.get("num_inference_steps") or self.controller.num_inference_steps
+        if not num_steps:
+            raise ValueError("num_inference_steps: unknown; pass it to apply_cache_on_transformer or call the "
+                             "transformer inside cache_context(..., num_inference_steps=N)")
+        branch = ctx.get("name") or "cond"
+        step = ctx.get("step_index")
+        if step is None:  # called outside a cache context: count calls
+            step, self.calls = self.calls % num_steps, self.calls + 1
+        if self.controller.num_inference_steps not in (None, num_steps):
+            raise ValueError(f"num_inference_steps: the cache was applied for {self.controller.num_inference_steps} "
+                             f"steps, the pipeline runs {num_steps}")
+        self.prepare(num_steps)
+        if step == 0 and branch == "cond":
+            units = {n.unit for n in self.program.graph.nx.nodes if isinstance(n, Unit)}
+            self.controller.begin_run(num_steps, len(units))
+        if (step, branch) not in self.slices:
+            raise ValueError(f"cache_context: unknown branch {branch!r}; expected 'cond' or 'uncond'")
+        instrs, entry, exit_slot = self.slices[(step, branch)]
+        state = RunState(adapter=self.adapter, scheduler=None, timesteps=None, inputs={}, cache=self.controller,
+                         timestep_override=timestep)
+        slots: list[Any] = [None] * self.program.num_slots
+        slots[entry["latents"]], slots[entry["text"]] = hidden_states, encoder_hidden_states
+        self.program.execute(state, tuple(instrs), slots)
+        if step == num_steps - 1:
+            self.controller.end_run()
+        output = slots[exit_slot]
+        return Transformer2DModelOutput(sample=output) if return_dict else (output,)
+
+
+def apply_cache_on_transformer(transformer: torch.nn.Module, policy: Any = "teacache", *,
+                               num_inference_steps: int | None = None, granularity: str | int = "stack",
+                               store: Any = None, **policy_kwargs: Any) -> CacheController:
+    """Cache a diffusers `WanTransformer3DModel` in place; returns its controller (stats, hooks).
+
+    Decisions are made at run time (they equal the folded ones of `EditWanPipeline`).
+    """
+    adapter = WanAdapter(transformer)
+    if hasattr(transformer, "_edit_cache"):
+        remove_cache_from_transformer(transformer)
+    policy = make_policy(policy, **policy_kwargs)
+    check_granularity(granularity, adapter.num_blocks)
+    if num_inference_steps is not None and (not isinstance(num_inference_steps, int) or num_inference_steps < 1):
+        raise ValueError(f"num_inference_steps: expected an int >= 1 or None, got {num_inference_steps!r}")
+    if store is None:
+        from edit.runtime.store import GPUStore
+        store = GPUStore(device=transformer.device)
+    controller = CacheController(policy, store=store, granularity=granularity,
+                                 num_inference_steps=num_inference_steps, fold=False)
+    cache = _TransformerCache(transformer, controller)
+    original_context = transformer.cache_context
+
+    @contextlib.contextmanager
+    def cache_context(self, name: str, **kwargs: Any):
+        cache.context = {"name": name, **kwargs}
+        try:
+            with original_context(name, **kwargs):
+                yield
+        finally:
+            cache.context = {}
+
+    def forward(self, *args: Any, **kwargs: Any):
+        with torch.no_grad():
+            return cache.forward(*args, **kwargs)
+
+    transformer.forward = types.MethodType(forward, transformer)
+    transformer.cache_context = types.MethodType(cache_context, transformer)
+    transformer._edit_cache = controller
+    return controller
+
+
+def remove_cache_from_transformer(transformer: torch.nn.Module) -> None:
+    """Undo `apply_cache_on_transformer`: the class's own `forward` is used again."""
+    controller = transformer.__dict__.get("_edit_cache")
+    if controller is None:
+        raise ValueError("transformer: no cache applied (apply_cache_on_transformer was not called on it)")
+    if controller.store is not None:
+        controller.store.clear()
+    for name in _PATCHED:
+        transformer.__dict__.pop(name, None)

@@ -1,0 +1,94 @@
+"""The cache-store interface: a byte-accounted map from tuple keys to tensors.
+
+A store answers ``get`` with a tensor on its compute device or with ``None``; ``None`` is always
+safe, because the executor then recomputes the unit. Returned tensors may alias what the store
+holds, so callers treat them as read-only.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, Hashable
+
+import torch
+
+from edit.runtime.store.stats import StoreStats, TieredStats
+
+#: A store key: a hashable tuple such as ``(generation, step, branch, unit)``.
+Key = tuple[Hashable, ...]
+
+
+class CacheStore(abc.ABC):
+    """Abstract base of the GPU, CPU, disk and tiered stores.
+
+    ``device`` is where ``get`` returns tensors; ``budget`` is the store's own byte limit (``None``:
+    unlimited). Stores are thread-safe and usable as context managers (``close`` on exit).
+    """
+
+    device: torch.device
+    budget: int | None = None
+
+    @abc.abstractmethod
+    def put(self, key: Key, tensor: torch.Tensor) -> bool:
+        """Store ``tensor`` under ``key`` (replacing any old value); False when it could not be stored."""
+
+    @abc.abstractmethod
+    def get(self, key: Key) -> torch.Tensor | None:
+        """The value on ``self.device``, or None when absent or unreadable."""
+
+    @abc.abstractmethod
+    def peek(self, key: Key) -> torch.Tensor | None:
+        """The value where the store keeps it (no copy to the device, no LRU or hit accounting).
+
+        Tier-to-tier moves use it so that, e.g., CPU to disk never passes through the GPU.
+        """
+
+    @abc.abstractmethod
+    def prefetch(self, key: Key) -> None:
+        """Start moving ``key`` toward the device off the critical path; a no-op for a missing key."""
+
+    @abc.abstractmethod
+    def drop(self, key: Key) -> None:
+        """Forget ``key`` (and any prefetch in flight for it); a no-op for a missing key."""
+
+    @abc.abstractmethod
+    def keys(self) -> list[Key]:
+        """A snapshot of the keys held."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release everything the store holds (memory, files, threads); idempotent."""
+
+    @property
+    @abc.abstractmethod
+    def nbytes(self) -> int:
+        """Exact tensor payload bytes held (``sum(t.nbytes)`` over the entries)."""
+
+    @property
+    @abc.abstractmethod
+    def stats(self) -> StoreStats | TieredStats:
+        """A frozen snapshot of the store's counters (``.as_dict()`` gives a plain dict)."""
+
+    @abc.abstractmethod
+    def __contains__(self, key: object) -> bool: ...
+
+    @abc.abstractmethod
+    def __len__(self) -> int: ...
+
+    def accepts(self, tensor: torch.Tensor) -> bool:
+        """Whether this kind of store can hold ``tensor`` at all (e.g. disk needs a safetensors dtype)."""
+        return True
+
+    def clear(self) -> None:
+        """Drop every entry; the store stays open."""
+        for key in self.keys():
+            self.drop(key)
+
+    def __enter__(self) -> "CacheStore":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(device={str(self.device)!r}, entries={len(self)}, nbytes={self.nbytes})"

@@ -1,0 +1,321 @@
+"""DiskStore: one safetensors file per entry, written atomically and verified on every read."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import threading
+import time
+import weakref
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+
+from edit.runtime.store._checks import check_bool, check_key, check_tensor
+from edit.runtime.store._device import consume_staged, resolve_device, side_stream, stage_on, to_device
+from edit.runtime.store._entryfile import DTYPE_NAMES, EntryRecord, read_entry, write_entry
+from edit.runtime.store.base import CacheStore, Key
+from edit.runtime.store.stats import Counters, StoreStats
+
+#: Names of in-progress writes; anything left with this prefix is debris of a crash.
+TEMP_PREFIX = ".edit-tmp-"
+TEMP_SUFFIX = ".tmp"
+SUFFIX = ".safetensors"
+
+
+@attrs.frozen
+class _Loaded:
+    """A verified read: the host tensor and, for a cuda prefetch, its staged device copy."""
+
+    host: torch.Tensor
+    staged: torch.Tensor | None = None
+    arrived: "torch.cuda.Event | None" = None
+
+
+@attrs.frozen
+class _Pending:
+    """A prefetch in flight, tied to the index record it was started for."""
+
+    record: EntryRecord
+    future: "Future[_Loaded | None]"
+
+
+class DiskStore(CacheStore):
+    """Keeps each entry in its own safetensors file under ``directory``.
+
+    ``put`` writes a temp file in the same directory and renames it into place, so a reader sees the
+    old file, the new one, or none; the payload carries a chunked CRC32 checked on every read. A file
+    that is missing, cut short, corrupted, foreign, or that disagrees with the index (key, dtype,
+    shape) reads as a miss and is removed. Write errors (ENOSPC, EIO, ...) make ``put`` return False,
+    leaving the store usable and its accounting exact. ``prefetch`` reads on a thread pool (then
+    starts the device copy on a side stream under CUDA); ``get`` waits only for what is still missing.
+
+    ``fsync=True`` makes each write durable before the rename; off by default since the cache lives
+    no longer than the process and the CRC already rejects torn files. ``close()`` removes the files
+    this store wrote unless ``keep=True``; opening a directory removes leftover temp files. One store
+    per directory: a reopened store starts empty and ignores files it finds.
+
+    >>> import tempfile
+    >>> with DiskStore(tempfile.mkdtemp(), device="cpu") as store:
+    ...     store.put(("gen0", 3, "uncond", 1), torch.full((2, 3), 0.5, dtype=torch.bfloat16))
+    ...     store.get(("gen0", 3, "uncond", 1)).float().sum().item()
+    True
+    3.0
+    """
+
+    def __init__(self, directory: str | os.PathLike, device: str | torch.device | None = None,
+                 keep: bool = False, max_workers: int = 2, fsync: bool = False) -> None:
+        if not isinstance(directory, (str, os.PathLike)):
+            raise TypeError(f"directory must be a str or os.PathLike; got {type(directory).__name__}")
+        check_bool(keep, "keep")
+        check_bool(fsync, "fsync")
+        if isinstance(max_workers, bool) or not isinstance(max_workers, int):
+            raise TypeError(f"max_workers must be a positive int; got {type(max_workers).__name__}")
+        if max_workers < 1:
+            raise ValueError(f"max_workers must be a positive int; got {max_workers}")
+        self.device = resolve_device(device)
+        self.directory = Path(directory)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise ValueError(f"directory must be a directory path; {str(directory)!r} is a file") from None
+        self.keep = keep
+        self.fsync = fsync
+        self._pin = self.device.type == "cuda"
+        self._stream = side_stream(self.device)
+        self._io = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="edit-disk-io")
+        self._crc = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edit-disk-crc")
+        self._index: dict[Key, EntryRecord] = {}
+        self._owners: dict[str, Key] = {}  # live path -> key, so keys with equal reprs get distinct files
+        self._pending: dict[Key, _Pending] = {}
+        self._nbytes = 0
+        self._lock = threading.Lock()
+        self._counters = Counters()
+        self._closed = False
+        self._temp_ids = itertools.count()
+        self.remove_temp_files()
+        # A store that is never closed still releases its threads and (unless keep) its files.
+        self._finalizer = weakref.finalize(self, _release, self._io, self._crc,
+                                           None if keep else self._index)
+
+    def put(self, key: Key, tensor: torch.Tensor) -> bool:
+        """Write ``tensor`` to its own file; False (and nothing stored) when the write fails."""
+        check_key(key)
+        check_tensor(tensor)
+        if not self.accepts(tensor):
+            raise TypeError(f"tensor dtype {tensor.dtype} cannot be stored on disk; allowed: "
+                            + ", ".join(sorted(str(d) for d in DTYPE_NAMES)))
+        key_repr = repr(key)
+        with self._lock:
+            if self._closed:
+                raise ValueError("DiskStore is closed; put needs an open store")
+            self._discard(key)  # an old value must never outlive a put, even a failed one
+        host = tensor.detach()
+        if host.device.type != "cpu":
+            host = host.to("cpu")
+        host = host.resolve_conj().resolve_neg().contiguous()
+        temp = self.directory / f"{TEMP_PREFIX}{os.getpid()}-{next(self._temp_ids)}{TEMP_SUFFIX}"
+        start = time.perf_counter()
+        try:
+            crcs = write_entry(str(temp), host, key_repr, self._crc, self.fsync)
+        except OSError:
+            return self._write_failed(temp)
+        elapsed = time.perf_counter() - start
+        with self._lock:
+            if self._closed:
+                _unlink_quietly(temp)
+                return False
+            self._discard(key)  # a concurrent put of the same key may have committed meanwhile
+            path = self._path_for(key, key_repr)
+            try:
+                os.replace(temp, path)
+            except OSError:
+                return self._write_failed(temp, locked=True)
+            self._index[key] = EntryRecord(path, key_repr, host.dtype, tuple(host.shape), host.nbytes, crcs)
+            self._owners[path] = key
+            self._nbytes += host.nbytes
+            self._counters.puts += 1
+            self._counters.transfer_seconds += elapsed
+        return True
+
+    def get(self, key: Key) -> torch.Tensor | None:
+        """The verified value on ``device``, or None (a bad file is removed)."""
+        with self._lock:
+            record = self._index.get(key)
+            if record is None:
+                self._counters.misses += 1
+                return None
+            pending = self._pending.pop(key, None)
+            if pending is not None:
+                if pending.future.done():
+                    self._counters.prefetch_hits += 1
+                else:
+                    self._counters.late_waits += 1
+        start = time.perf_counter()
+        try:
+            loaded = pending.future.result() if pending is not None else self._load(record, stage=False)
+        except CancelledError:  # close() cancelled the prefetch before it ran
+            loaded = self._load(record, stage=False)
+        with self._lock:
+            if loaded is None:
+                self._counters.misses += 1
+                self._forget_unreadable(key, record)
+                return None
+            self._counters.hits += 1
+            self._counters.transfer_seconds += time.perf_counter() - start
+        if loaded.staged is not None:
+            return consume_staged(loaded.staged, loaded.arrived)
+        return to_device(loaded.host, self.device)
+
+    def peek(self, key: Key) -> torch.Tensor | None:
+        """The verified value in host memory (no device copy, no accounting)."""
+        with self._lock:
+            record = self._index.get(key)
+        if record is None:
+            return None
+        loaded = self._load(record, stage=False)
+        if loaded is None:
+            with self._lock:
+                self._forget_unreadable(key, record)
+            return None
+        return loaded.host
+
+    def prefetch(self, key: Key) -> None:
+        """Start reading ``key`` on the thread pool; no-op when absent or already in flight."""
+        with self._lock:
+            record = self._index.get(key)
+            if self._closed or record is None or key in self._pending:
+                return
+            self._counters.prefetches += 1
+            self._pending[key] = _Pending(record, self._io.submit(self._load, record, True))
+
+    def drop(self, key: Key) -> None:
+        """Remove ``key``'s file; a prefetch in flight for it is cancelled or its result discarded."""
+        with self._lock:
+            if self._discard(key):
+                self._counters.drops += 1
+
+    def keys(self) -> list[Key]:
+        with self._lock:
+            return list(self._index)
+
+    def path(self, key: Key) -> Path | None:
+        """The file holding ``key`` (for inspection), or None."""
+        with self._lock:
+            record = self._index.get(key)
+        return None if record is None else Path(record.path)
+
+    def accepts(self, tensor: torch.Tensor) -> bool:
+        """Only dtypes that safetensors can describe go to disk."""
+        return tensor.dtype in DTYPE_NAMES
+
+    def remove_temp_files(self) -> int:
+        """Delete temp files of interrupted writes in ``directory``; returns how many were removed."""
+        removed = 0
+        for entry in os.scandir(self.directory):
+            if entry.name.startswith(TEMP_PREFIX) and entry.name.endswith(TEMP_SUFFIX):
+                removed += _unlink_quietly(entry.path)
+        return removed
+
+    def close(self) -> None:
+        """Cancel prefetches, stop the threads, and remove this store's files unless ``keep``."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for pending in self._pending.values():
+                pending.future.cancel()
+            self._pending.clear()
+            if not self.keep:
+                for record in self._index.values():
+                    _unlink_quietly(record.path)
+            self._index.clear()
+            self._owners.clear()
+            self._nbytes = 0
+        self._finalizer.detach()
+        self._io.shutdown(wait=True, cancel_futures=True)
+        self._crc.shutdown(wait=True, cancel_futures=True)
+
+    @property
+    def nbytes(self) -> int:
+        return self._nbytes
+
+    @property
+    def stats(self) -> StoreStats:
+        with self._lock:
+            return self._counters.snapshot(len(self._index), self._nbytes)
+
+    def __contains__(self, key: object) -> bool:
+        with self._lock:
+            return key in self._index
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def _load(self, record: EntryRecord, stage: bool) -> _Loaded | None:
+        host = read_entry(record, self._pin, self._crc)
+        if host is None:
+            return None
+        if stage and self._stream is not None:
+            staged, arrived = stage_on(self._stream, host, self.device)
+            return _Loaded(host, staged, arrived)
+        return _Loaded(host)
+
+    def _forget_unreadable(self, key: Key, record: EntryRecord) -> None:
+        # Only remove the file if it still belongs to the record we read: a concurrent put may have
+        # replaced it, and that newer file must survive.
+        if self._index.get(key) is record:
+            self._discard(key)
+            self._counters.errors += 1
+
+    def _write_failed(self, temp: Path, locked: bool = False) -> bool:
+        _unlink_quietly(temp)
+        if locked:
+            self._counters.rejected += 1
+            self._counters.errors += 1
+        else:
+            with self._lock:
+                self._counters.rejected += 1
+                self._counters.errors += 1
+        return False
+
+    def _path_for(self, key: Key, key_repr: str) -> str:
+        digest = hashlib.blake2b(key_repr.encode("utf-8", "backslashreplace"), digest_size=16).hexdigest()
+        path = str(self.directory / f"{digest}{SUFFIX}")
+        suffix = 0
+        while self._owners.get(path, key) != key:  # a different key with the same repr owns it
+            suffix += 1
+            path = str(self.directory / f"{digest}-{suffix}{SUFFIX}")
+        return path
+
+    def _discard(self, key: Any) -> bool:
+        pending = self._pending.pop(key, None)
+        if pending is not None:
+            pending.future.cancel()  # if already running, its result is simply never used
+        record = self._index.pop(key, None)
+        if record is None:
+            return False
+        self._owners.pop(record.path, None)
+        self._nbytes -= record.nbytes
+        _unlink_quietly(record.path)
+        return True
+
+
+def _unlink_quietly(path: str | os.PathLike) -> int:
+    try:
+        os.unlink(path)
+        return 1
+    except OSError:
+        return 0
+
+
+def _release(io: ThreadPoolExecutor, crc: ThreadPoolExecutor, index: dict[Key, EntryRecord] | None) -> None:
+    """Finalizer of an unclosed store: stop its threads and remove its files (unless kept)."""
+    io.shutdown(wait=False, cancel_futures=True)
+    crc.shutdown(wait=False, cancel_futures=True)
+    for record in (index or {}).values():
+        _unlink_quietly(record.path)

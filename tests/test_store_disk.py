@@ -117,14 +117,24 @@ def test_a_bad_file_is_a_miss_and_is_removed(store, kind, via_prefetch):
     assert store.put((0, 1), values[(0, 1)]) and bits_equal(store.get((0, 1)), values[(0, 1)])
 
 
-def test_a_bad_file_found_by_a_spill_or_promotion_is_forgotten_by_the_tiers(tmp_path):
-    tiers = TieredStore([(GPUStore(device="cpu"), 64), (DiskStore(tmp_path / "d", device="cpu"), None)])
+@pytest.mark.parametrize("found_by", ["get", "peek", "spill"])
+def test_a_bad_file_found_inside_a_tiered_store_is_forgotten_by_it(tmp_path, found_by):
+    # For the spill case the disk is the middle tier, so moving its entry down has to read the file.
+    tiers = TieredStore([(GPUStore(device="cpu"), 64), (DiskStore(tmp_path / "d", device="cpu"), 64),
+                         (CPUStore(device="cpu"), None)])
     tiers.put(("a",), torch.zeros(16))
     tiers.put(("b",), torch.zeros(16))  # a -> disk
     _corrupt("bitflip", tiers.stores[1].path(("a",)), None, None)
-    assert tiers.get(("a",)) is None and ("a",) not in tiers
-    assert tiers.tier_bytes == [64, 0] and tiers.stats.tiers[1].lost == 1
+    if found_by == "spill":
+        tiers.put(("c",), torch.zeros(16))  # b -> disk, a (unreadable) -> lost instead of moved
+    else:
+        assert getattr(tiers, found_by)(("a",)) is None
+    assert ("a",) not in tiers and tiers.stats.tiers[1].lost == 1
+    assert tiers.tier_bytes == [s.nbytes for s in tiers.stores] == [64, 64 if found_by == "spill" else 0, 0]
+    assert os.listdir(tmp_path / "d") == ([tiers.stores[1].path(("b",)).name] if found_by == "spill" else [])
     tiers.close()
+    with pytest.raises(ValueError, match="closed"):
+        tiers.put(("d",), torch.zeros(1))
 
 
 def _fail_writes(monkeypatch, code: int, after_bytes: int = 0) -> None:

@@ -33,10 +33,11 @@ ALL_KEYS = [(gen, step, branch, 0) for gen in range(2) for step in range(3) for 
 class Harness:
     """A TieredStore, the dict it must agree with, and the checks run after each operation."""
 
-    def __init__(self, promote: bool) -> None:
+    def __init__(self, promote: bool, device: str = "cpu") -> None:
         self.directory = tempfile.mkdtemp(prefix="edit-model-")
-        self.store = TieredStore([(GPUStore(device="cpu"), BUDGETS[0]), (CPUStore(device="cpu"), BUDGETS[1]),
-                                  (DiskStore(self.directory, device="cpu"), BUDGETS[2])], promote=promote)
+        self.device = torch.device(device)
+        self.store = TieredStore([(GPUStore(device=device), BUDGETS[0]), (CPUStore(device=device), BUDGETS[1]),
+                                  (DiskStore(self.directory, device=device), BUDGETS[2])], promote=promote)
         self.model: dict[tuple, torch.Tensor] = {}
         self.loss_mark: dict[tuple, int] = {}  # the loss count after each live key's put
         self.latest: tuple | None = None
@@ -53,7 +54,7 @@ class Harness:
         before, evictions = self.losses(), self.store.stats.evictions
         self.model[key] = value
         live = sum(t.nbytes for t in self.model.values())
-        stored = self.store.put(key, value)
+        stored = self.store.put(key, value.to(self.device))
         assert stored == (value.nbytes <= max(BUDGETS))
         # A rejected put is a counted loss of its own; a stored value may only vanish after a later one.
         self.loss_mark[key] = self.losses() if stored else before
@@ -67,7 +68,7 @@ class Harness:
             assert key not in self.store
             self._forget_lost(key)
         else:
-            assert bits_equal(got, self.model[key]), key
+            assert got.device == self.device and bits_equal(got, self.model[key]), key
             self.latest = key  # a hit is the most recent use
         self._check_evictions_need_pressure(evictions, live)
 
@@ -163,12 +164,12 @@ TieredModel.TestCase.settings = settings(max_examples=100, stateful_step_count=5
 test_tiered_store_matches_a_dict = TieredModel.TestCase
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_tiered_store_matches_a_dict_under_random_churn(seed):
+def churn(seed: int, ops: int, device: str = "cpu") -> None:
+    """Random operations (seeded) on a Harness, checked after each one."""
     rng = random.Random(seed)
-    harness = Harness(promote=seed != 1)
+    harness = Harness(promote=seed != 1, device=device)
     try:
-        for _ in range(3000):
+        for _ in range(ops):
             live = sorted(harness.model)
             key = rng.choice(live) if live and rng.random() < 0.7 else rng.choice(ALL_KEYS)
             op = rng.choices(["put", "get", "drop", "prefetch"], weights=[5, 6, 1, 2])[0]
@@ -185,3 +186,8 @@ def test_tiered_store_matches_a_dict_under_random_churn(seed):
         assert stats.promotions if seed != 1 else stats.promotions == 0
     finally:
         harness.close()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_tiered_store_matches_a_dict_under_random_churn(seed):
+    churn(seed, ops=3000)

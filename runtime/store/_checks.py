@@ -11,7 +11,8 @@ import torch
 def check_key(key: Any) -> tuple:
     """A key must be a hashable tuple, e.g. ``(generation, step, branch, unit)``."""
     if not isinstance(key, tuple):
-        raise TypeError(f"key must be a hashable tuple such as (generation, step, branch, unit); got {type(key).__name__}")
+        raise TypeError("key must be a hashable tuple such as (generation, step, branch, unit); "
+                        f"got {type(key).__name__}")
     try:
         hash(key)
     except TypeError as exc:

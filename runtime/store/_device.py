@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+import numpy as np
 import torch
 
 
@@ -36,9 +38,37 @@ def side_stream(device: torch.device) -> "torch.cuda.Stream | None":
     return torch.cuda.Stream(device=device)
 
 
+_HUGE_PAGE_BYTES = 2 << 20
+
+
 def empty_host(shape: torch.Size | tuple[int, ...], dtype: torch.dtype, pin: bool) -> torch.Tensor:
-    """A contiguous host buffer; pinned when asked, so host-to-device copies can be asynchronous."""
-    return torch.empty(tuple(shape), dtype=dtype, pin_memory=pin)
+    """A contiguous host buffer; pinned when asked, so host-to-device copies can be asynchronous.
+
+    Unpinned buffers come from numpy, which advises transparent huge pages for large arrays: first
+    touch of a fresh 64 MB buffer then costs a few hundred page faults instead of 16k (~4x faster here).
+    """
+    nbytes = math.prod(shape) * dtype.itemsize
+    if pin or nbytes < _HUGE_PAGE_BYTES:
+        return torch.empty(tuple(shape), dtype=dtype, pin_memory=pin)
+    return torch.from_numpy(np.empty(nbytes, dtype=np.uint8)).view(dtype).reshape(tuple(shape))
+
+
+def host_copy(dst: torch.Tensor, src: torch.Tensor) -> None:
+    """Copy a cpu tensor into a contiguous host buffer of the same shape and dtype.
+
+    Contiguous sources are copied as bytes by one memcpy (numpy): torch's copy_ splits large copies
+    over its intra-op threads, which stalls for milliseconds whenever another process holds a core.
+    """
+    if src.is_contiguous() and not src.is_conj() and not src.is_neg():
+        np.copyto(bytes_of(dst), bytes_of(src))
+    else:
+        dst.copy_(src)
+
+
+def bytes_of(tensor: torch.Tensor) -> np.ndarray:
+    """The bytes of a contiguous cpu tensor as a uint8 array sharing its memory (any dtype)."""
+    # as_strided, not reshape: a "contiguous" tensor may carry an odd stride on a size-1 dim.
+    return tensor.as_strided((tensor.numel(),), (1,)).view(torch.uint8).numpy()
 
 
 def to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -19,6 +19,8 @@ from typing import Callable
 import attrs
 import torch
 
+from edit.runtime.store._device import bytes_of, empty_host
+
 TENSOR_NAME = "residual"
 FORMAT = "edit.store/1"
 CHUNK_BYTES = 4 << 20
@@ -55,10 +57,7 @@ class _ShortRead(ValueError):
 
 def byte_view(tensor: torch.Tensor) -> memoryview:
     """A writable view of a contiguous cpu tensor's bytes (any dtype, bfloat16 and bool included)."""
-    # as_strided, not reshape: a "contiguous" tensor may carry an odd stride on a size-1 dim,
-    # which view(uint8) would reject.
-    flat = tensor.as_strided((tensor.numel(),), (1,))
-    return memoryview(flat.view(torch.uint8).numpy())
+    return memoryview(bytes_of(tensor))
 
 
 def header_bytes(key_repr: str, dtype: torch.dtype, shape: tuple[int, ...], nbytes: int,
@@ -111,7 +110,7 @@ def read_entry(record: EntryRecord, pin: bool, crc_pool: Executor | None) -> tor
         expected = _header_object(record.key_repr, record.dtype, record.shape, record.nbytes, record.crcs)
         if header != expected:
             return None
-        out = torch.empty(record.shape, dtype=record.dtype, pin_memory=pin)
+        out = empty_host(record.shape, record.dtype, pin)
         crcs = _read_payload(fd, 8 + header_len, byte_view(out), crc_pool)
         return out if crcs == record.crcs else None
     except (OSError, ValueError):  # ValueError covers bad JSON, bad UTF-8 and short reads

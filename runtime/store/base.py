@@ -57,7 +57,10 @@ class CacheStore(abc.ABC):
 
     @abc.abstractmethod
     def close(self) -> None:
-        """Release everything the store holds (memory, files, threads); idempotent."""
+        """Release everything the store holds (memory, files, threads); idempotent.
+
+        Disk and tiered stores refuse ``put`` afterwards (ValueError); memory-only stores are simply empty.
+        """
 
     @property
     @abc.abstractmethod

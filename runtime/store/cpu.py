@@ -11,7 +11,8 @@ import attrs
 import torch
 
 from edit.runtime.store._checks import check_bool, check_key, check_tensor
-from edit.runtime.store._device import consume_staged, empty_host, resolve_device, side_stream, stage_on, to_device
+from edit.runtime.store._device import (consume_staged, empty_host, host_copy, resolve_device, side_stream, stage_on,
+                                        to_device)
 from edit.runtime.store.base import CacheStore, Key
 from edit.runtime.store.stats import Counters, StoreStats
 
@@ -43,8 +44,9 @@ class CPUStore(CacheStore):
 
     With CUDA, copies run on a side stream into pinned memory: ``put`` returns once the device-to-host
     copy is queued (the source is protected with ``record_stream``), and ``get``/``prefetch`` make the
-    consumer stream wait on an event rather than blocking the host. Without CUDA, ``pin_memory`` is
-    ignored and copies are plain memcpys; ``get`` then returns the held host tensor (read-only by contract).
+    consumer stream wait on an event rather than blocking the host. Without CUDA (or with
+    ``device="cpu"``) ``pin_memory`` is ignored and copies are plain memcpys; ``get`` then returns the
+    held host tensor (read-only by contract).
 
     >>> store = CPUStore(device="cpu")
     >>> store.put((0, 1), torch.arange(4))
@@ -56,8 +58,8 @@ class CPUStore(CacheStore):
     def __init__(self, pin_memory: bool = True, device: str | torch.device | None = None) -> None:
         check_bool(pin_memory, "pin_memory")
         self.device = resolve_device(device)
-        # Pinned memory only exists (and only helps) with CUDA; silently off otherwise.
-        self.pin_memory = pin_memory and torch.cuda.is_available()
+        # Pinned memory only helps copies to a cuda device; silently off otherwise.
+        self.pin_memory = pin_memory and self.device.type == "cuda"
         self._stream = side_stream(self.device)
         self._entries: OrderedDict[Key, _HostEntry] = OrderedDict()
         self._staged: dict[Key, _Staged] = {}
@@ -177,7 +179,7 @@ class CPUStore(CacheStore):
     def _copy_to_host(self, tensor: torch.Tensor) -> _HostEntry:
         host = empty_host(tensor.shape, tensor.dtype, pin=self.pin_memory)
         if not tensor.is_cuda:
-            host.copy_(tensor)
+            host_copy(host, tensor)
             return _HostEntry(host)
         stream = self._stream if tensor.device == self.device else side_stream(tensor.device)
         # The copy must start after the producer's kernels, and the source must outlive the copy.

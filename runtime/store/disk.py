@@ -41,7 +41,7 @@ class _Pending:
     """A prefetch in flight, tied to the index record it was started for."""
 
     record: EntryRecord
-    future: "Future[_Loaded | None]"
+    future: Future[_Loaded | None]
 
 
 class DiskStore(CacheStore):
@@ -60,7 +60,7 @@ class DiskStore(CacheStore):
     per directory: a reopened store starts empty and ignores files it finds.
 
     >>> import tempfile
-    >>> with DiskStore(tempfile.mkdtemp(), device="cpu") as store:
+    >>> with tempfile.TemporaryDirectory() as tmp, DiskStore(tmp, device="cpu") as store:
     ...     store.put(("gen0", 3, "uncond", 1), torch.full((2, 3), 0.5, dtype=torch.bfloat16))
     ...     store.get(("gen0", 3, "uncond", 1)).float().sum().item()
     True

@@ -6,7 +6,7 @@ import heapq
 import itertools
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import attrs
@@ -106,6 +106,7 @@ class TieredStore(CacheStore):
         self._lock = threading.RLock()
         self._puts = self._rejected = self._hits = self._misses = 0
         self._move_seconds = 0.0
+        self._closed = False
 
     @property
     def stores(self) -> list[CacheStore]:
@@ -128,6 +129,8 @@ class TieredStore(CacheStore):
         check_key(key)
         check_tensor(tensor)
         with self._lock:
+            if self._closed:
+                raise ValueError("TieredStore is closed; put needs an open store")
             self._remove(key)
             self._puts += 1
             placed = self._place(key, tensor, tensor.nbytes, next(self._clock), range(len(self._tiers)))
@@ -148,10 +151,8 @@ class TieredStore(CacheStore):
                 return None
             tier = self._tiers[index]
             value = tier.store.get(key)
-            if value is None:  # the store could not return it (e.g. a corrupted file): forget it
-                tier.remove(key, self._size.pop(key))
-                del self._where[key]
-                tier.lost += 1
+            if value is None:
+                self._forget_lost(key, index)
                 tier.misses += 1
                 self._misses += 1
                 return None
@@ -163,10 +164,15 @@ class TieredStore(CacheStore):
             return value
 
     def peek(self, key: Key) -> torch.Tensor | None:
-        """The value where its tier keeps it (no promotion, no accounting)."""
+        """The value where its tier keeps it (no promotion, no hit accounting)."""
         with self._lock:
             index = self._where.get(key)
-            return None if index is None else self._tiers[index].store.peek(key)
+            if index is None:
+                return None
+            value = self._tiers[index].store.peek(key)
+            if value is None:
+                self._forget_lost(key, index)
+            return value
 
     def prefetch(self, key: Key) -> None:
         """Ask the entry's tier to stage it toward the device; a no-op for a missing key."""
@@ -176,6 +182,7 @@ class TieredStore(CacheStore):
                 self._tiers[index].store.prefetch(key)
 
     def drop(self, key: Key) -> None:
+        """Forget ``key`` in whichever tier holds it."""
         with self._lock:
             self._remove(key)
 
@@ -194,6 +201,7 @@ class TieredStore(CacheStore):
     def close(self) -> None:
         """Close every tier store (their memory, files and threads are released)."""
         with self._lock:
+            self._closed = True
             for tier in self._tiers:
                 tier.store.close()
                 tier.nbytes = 0
@@ -227,7 +235,8 @@ class TieredStore(CacheStore):
     def __len__(self) -> int:
         return len(self._where)
 
-    def _place(self, key: Key, tensor: torch.Tensor, nbytes: int, tick: int, candidates: range) -> int | None:
+    def _place(self, key: Key, tensor: torch.Tensor, nbytes: int, tick: int,
+               candidates: Iterable[int]) -> int | None:
         """Put into the first candidate tier that fits, accepts and succeeds; its index, or None."""
         for index in candidates:
             tier = self._tiers[index]
@@ -249,16 +258,20 @@ class TieredStore(CacheStore):
         """Move ``key`` from tier ``index`` to the next tier down that takes it, else drop it."""
         started = time.perf_counter()
         tier = self._tiers[index]
-        value = tier.store.peek(key)
         nbytes = self._size.pop(key)
         tick = tier.remove(key, nbytes)
         del self._where[key]
-        if value is None:
-            tier.lost += 1
-        elif self._place(key, value, nbytes, tick, range(index + 1, len(self._tiers))) is None:
-            tier.evictions += 1
+        below = [k for k in range(index + 1, len(self._tiers)) if self._tiers[k].fits(nbytes)]
+        if not below:
+            tier.evictions += 1  # nothing below can take it: drop it unread (last-tier evictions cost no I/O)
         else:
-            tier.spills += 1
+            value = tier.store.peek(key)
+            if value is None:
+                tier.lost += 1
+            elif self._place(key, value, nbytes, tick, below) is None:
+                tier.evictions += 1
+            else:
+                tier.spills += 1
         tier.store.drop(key)
         self._move_seconds += time.perf_counter() - started
 
@@ -277,6 +290,14 @@ class TieredStore(CacheStore):
         self._rebalance(placed)
         self._move_seconds += time.perf_counter() - started
         return True
+
+    def _forget_lost(self, key: Key, index: int) -> None:
+        """The tier's store could not return ``key`` (e.g. a corrupted file) and forgot it: so do we."""
+        tier = self._tiers[index]
+        tier.remove(key, self._size.pop(key))
+        del self._where[key]
+        tier.lost += 1
+        tier.store.drop(key)  # normally a no-op: the store already forgot it
 
     def _remove(self, key: Any) -> bool:
         index = self._where.pop(key, None)

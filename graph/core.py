@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import networkx as nx
@@ -113,6 +113,3 @@ def same_structure(a: Graph, b: Graph) -> bool:
         return {(u, v, d["kind"], d.get("port"), d.get("select")) for u, v, d in g.edges()}
     return set(a.nx.nodes) == set(b.nx.nodes) and edge_set(a) == edge_set(b)
 
-
-def iter_records(nodes: Iterable[Any]) -> Iterator[Node]:
-    return (n for n in nodes if isinstance(n, Node))

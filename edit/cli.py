@@ -83,7 +83,7 @@ def load_pipeline(model: str):
     dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
     device = "cuda" if torch.cuda.is_available() else None
     try:
-        return edit.EditWanPipeline.from_pretrained(model, torch_dtype=dtype, device=device)
+        return edit.EditWanPipeline.from_pretrained(model, dtype=dtype, device=device)
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CliError(f"--model: cannot load {model!r}: {first}") from None

@@ -78,7 +78,25 @@ class CacheStats:
         width = max((len(f"{b}:u{u}") for b, u in self.rows), default=0)
         for (branch, unit), trace in self.trace.items():
             lines.append(f"  {f'{branch}:u{unit}':<{width}}  {trace}")
+        if isinstance(self.store, dict):
+            lines += store_lines(self.store)
+        elif self.store is not None:  # a custom store whose stats are not a StoreStats/TieredStats
+            lines.append(f"store: {self.store!r}")
         return "\n".join(lines)
+
+
+def store_lines(store: dict[str, Any]) -> list[str]:
+    """The store snapshot (`StoreStats`/`TieredStats.as_dict()`) as table lines: totals, then one per tier."""
+    def counts(d: dict[str, Any]) -> str:
+        return ", ".join(f"{k} {d[k]}" for k in ("hits", "misses", "spills", "evictions", "lost") if k in d)
+
+    lines = [f"store: {store.get('entries', 0)} entries, {store.get('nbytes', 0):,} B; {counts(store)}"]
+    tiers = store.get("tiers") or []
+    width = max((len(t["name"]) for t in tiers), default=0)
+    for t in tiers:
+        budget = "unbounded" if t["budget"] is None else f"{t['budget']:,} B"
+        lines.append(f"  {t['name']:<{width}}  {t['nbytes']:>12,} B of {budget}, {t['entries']} entries; {counts(t)}")
+    return lines
 
 
 class CacheController:

@@ -15,7 +15,10 @@ from edit.passes.policy import (REGISTRY, CacheContext, CachePolicy, PolicyState
                                 relative_l1)
 from edit.cache.transformer import apply_cache_on_transformer, remove_cache_from_transformer
 from edit.runtime.cache import HOOK_EVENTS, CacheController, CacheStats, UnitEvent
+from edit.runtime.store import (CacheStore, CPUStore, DiskStore, GPUStore, StoreStats, TieredStats, TieredStore,
+                                TierStats)
 
-__all__ = ["HOOK_EVENTS", "REGISTRY", "TEACACHE_COEFFICIENTS", "CacheContext", "CacheController", "CachePolicy",
-           "CacheStats", "FirstBlockCache", "NoCache", "PolicyState", "TeaCache", "UnitEvent", "make_policy",
+__all__ = ["HOOK_EVENTS", "REGISTRY", "TEACACHE_COEFFICIENTS", "CPUStore", "CacheContext", "CacheController",
+           "CachePolicy", "CacheStats", "CacheStore", "DiskStore", "FirstBlockCache", "GPUStore", "StoreStats",
+           "TierStats", "TieredStats", "TieredStore", "NoCache", "PolicyState", "TeaCache", "UnitEvent", "make_policy",
            "apply_cache_on_transformer", "register_policy", "relative_l1", "remove_cache_from_transformer"]

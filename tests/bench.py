@@ -44,7 +44,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
                 height=128, width=128, frames=33, steps=30),
 }
 #: Default thresholds: (teacache, fbcache) for real weights and for the embedded random-weight models.
-THRESHOLDS = {"real": ((0.1, 0.2, 0.3), (0.05, 0.1)), "embedded": ((0.8, 1.5, 2.5), (0.15, 0.3))}
+THRESHOLDS = {"real": ((0.1, 0.2, 0.3), (0.05, 0.1)), "embedded": ((0.8, 1.5, 2.5), (0.15, 0.2))}
 PROMPT = "a red fox running through snow, cinematic, golden hour"
 
 

@@ -32,12 +32,22 @@ class UnitEvent:
 class CacheStats:
     """Live counters of one run: computed/skipped unit evaluations and the per-step trace."""
 
-    def __init__(self) -> None:
+    def __init__(self, store: Any = None) -> None:
         self.computed = 0
         self.skipped = 0
         self.recomputed = 0  # reuse paths whose residual was missing from the store
         self.rows: dict[tuple[str, int], list[str]] = {}
-        self.store: dict[str, Any] | None = None
+        self._source = store  # read live until the run ends, then frozen (`freeze_store`)
+        self._store: dict[str, Any] | None = None
+
+    @property
+    def store(self) -> dict[str, Any] | None:
+        """The store's stats (`store.stats.as_dict()`): live during the run, as of its end afterwards."""
+        return self._store if self._source is None else _store_snapshot(self._source)
+
+    def freeze_store(self) -> None:
+        if self._source is not None:
+            self._store, self._source = _store_snapshot(self._source), None
 
     def record(self, branch: str, unit: int, computed: bool) -> None:
         self.rows.setdefault((branch, unit), []).append("C" if computed else "S")
@@ -85,6 +95,11 @@ class CacheStats:
         return "\n".join(lines)
 
 
+def _store_snapshot(store: Any) -> Any:
+    stats = getattr(store, "stats", None)
+    return stats.as_dict() if hasattr(stats, "as_dict") else stats
+
+
 def store_lines(store: dict[str, Any]) -> list[str]:
     """The store snapshot (`StoreStats`/`TieredStats.as_dict()`) as table lines: totals, then one per tier."""
     def counts(d: dict[str, Any]) -> str:
@@ -110,7 +125,7 @@ class CacheController:
         self.num_inference_steps = num_inference_steps
         self.fold = fold
         self.generation = 0
-        self.stats = CacheStats()
+        self.stats = CacheStats(self.store)
         self.states: dict[tuple[str, int], PolicyState] = {}
         self.hooks: dict[str, list[Callable[[UnitEvent], Any]]] = {e: [] for e in HOOK_EVENTS}
         self.num_steps = 0
@@ -135,20 +150,18 @@ class CacheController:
     def reset(self, clear_store: bool = False) -> None:
         """Forget policy states and stats; with `clear_store`, drop every stored residual."""
         self.states.clear()
-        self.stats = CacheStats()
+        self.stats = CacheStats(self.store)
         if clear_store and self.store is not None:
             self.store.clear()
 
     # -- runtime side -------------------------------------------------------------------------
     def begin_run(self, num_steps: int, num_units: int) -> None:
         self.states.clear()
-        self.stats = CacheStats()
+        self.stats = CacheStats(self.store)
         self.num_steps, self.num_units = num_steps, num_units
 
     def end_run(self) -> None:
-        stats = getattr(self.store, "stats", None)
-        if stats is not None:
-            self.stats.store = stats.as_dict() if hasattr(stats, "as_dict") else stats
+        self.stats.freeze_store()
 
     def state(self, branch: str, unit: int) -> PolicyState:
         state = self.states.get((branch, unit))

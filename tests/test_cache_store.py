@@ -175,3 +175,21 @@ def test_store_stats_appear_in_cache_stats(tmp_path):
     default = plain.cache.stats.store
     assert default == plain.cache.store.stats.as_dict() and default["entries"] == 2 and default["hits"] > 0
     assert "store: 2 entries" in str(plain.cache.stats)
+
+
+def test_store_stats_are_live_during_a_run_and_frozen_after_it():
+    """A step-end callback sees the store's counters grow step by step; after the call, the stats
+    of that run keep the snapshot taken at its end even when the store is used again."""
+    store = GPUStore()
+    seen = []
+
+    def callback(pipe, step, timestep, kwargs):
+        seen.append(pipe.cache.stats.store["puts"])
+        return kwargs
+
+    pipe, _ = cached_run("fbcache", "stack", store, callback_on_step_end=callback)
+    assert seen == sorted(seen) and seen[0] > 0 and seen[-1] > seen[0]  # grows as units compute
+    final = pipe.cache.stats.store
+    assert final == store.stats.as_dict() and final["puts"] >= seen[-1]
+    store.put(("x",), torch.zeros(4))
+    assert pipe.cache.stats.store == final != store.stats.as_dict()

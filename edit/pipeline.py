@@ -17,6 +17,7 @@ from edit.graph import Graph, RunSpec, Unit, check_granularity, lower
 from edit.passes import PassManager, apply_policy, fold_static, make_policy, regroup
 from edit.runtime import Program, RunState, StepEnd, WanAdapter, compile_program
 from edit.runtime.cache import CacheController
+from edit.runtime.offload import forward_hooks
 
 logger = logging.get_logger(__name__)
 
@@ -116,7 +117,8 @@ class EditWanPipeline(WanPipeline):
         num_frames, height, width = self._fit_video_size(num_frames, height, width)
         shape = self._latent_shape(batch_size, num_frames, height, width)
         timesteps = self._timesteps(num_inference_steps, self._execution_device)
-        return self.build_plan(spec, self._signals(timesteps, shape))
+        with forward_hooks(self.transformer):  # folding evaluates the time embedding
+            return self.build_plan(spec, self._signals(timesteps, shape))
 
     def _latent_shape(self, batch: int, num_frames: int, height: int, width: int) -> tuple[int, ...]:
         return (batch, self.transformer.config.in_channels, (num_frames - 1) // self.vae_scale_factor_temporal + 1,
@@ -262,18 +264,19 @@ class EditWanPipeline(WanPipeline):
             raise ValueError(f"num_inference_steps: the cache was enabled for {cache.num_inference_steps} steps, "
                              f"this call asks for {num_inference_steps}")
         spec = self.run_spec(num_inference_steps, guidance_scale, timesteps)
-        program = self._program(spec, plan, timesteps, tuple(latents.shape))
-        if cache is not None:
-            units = {n.unit for n in program.graph.nx.nodes if isinstance(n, Unit)}
-            cache.begin_run(len(timesteps), len(units))
         inputs = {"latents": latents, "text.cond": prompt_embeds}
         if self.do_classifier_free_guidance:
             inputs["text.uncond"] = negative_prompt_embeds
 
-        with self.progress_bar(total=num_inference_steps) as progress_bar, self._lora_scale(attention_kwargs):
-            state = self.make_run_state(program, inputs, timesteps, progress_bar, num_inference_steps,
-                                        callback_on_step_end, callback_on_step_end_tensor_inputs)
-            latents = program.run(state)
+        with forward_hooks(self.transformer):  # offloading hooks: the run stands in for its forwards
+            program = self._program(spec, plan, timesteps, tuple(latents.shape))
+            if cache is not None:
+                units = {n.unit for n in program.graph.nx.nodes if isinstance(n, Unit)}
+                cache.begin_run(len(timesteps), len(units))
+            with self.progress_bar(total=num_inference_steps) as progress_bar, self._lora_scale(attention_kwargs):
+                state = self.make_run_state(program, inputs, timesteps, progress_bar, num_inference_steps,
+                                            callback_on_step_end, callback_on_step_end_tensor_inputs)
+                latents = program.run(state)
         self._current_timestep = None
         if cache is not None:
             cache.end_run()

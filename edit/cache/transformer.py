@@ -18,9 +18,10 @@ from edit.graph import Embed, Head, RunSpec, Unit, lower
 from edit.passes import apply_policy, make_policy, regroup
 from edit.runtime import RunState, WanAdapter, compile_program
 from edit.runtime.cache import CacheController
+from edit.runtime.offload import execution_device, forward_hooks
 from edit.graph import check_granularity
 
-_PATCHED = ("forward", "cache_context", "_edit_cache")
+_PATCHED = ("forward", "cache_context", "_edit_cache", "_edit_saved")
 
 
 class _TransformerCache:
@@ -104,7 +105,7 @@ def apply_cache_on_transformer(transformer: torch.nn.Module, policy: Any = "teac
         raise ValueError(f"num_inference_steps: expected an int >= 1 or None, got {num_inference_steps!r}")
     if store is None:
         from edit.runtime.store import GPUStore
-        store = GPUStore(device=transformer.device)
+        store = GPUStore(device=execution_device(transformer))
     controller = CacheController(policy, store=store, granularity=granularity,
                                  num_inference_steps=num_inference_steps, fold=False)
     cache = _TransformerCache(transformer, controller)
@@ -120,9 +121,12 @@ def apply_cache_on_transformer(transformer: torch.nn.Module, policy: Any = "teac
             cache.context = {}
 
     def forward(self, *args: Any, **kwargs: Any):
-        with torch.no_grad():
+        with torch.no_grad(), forward_hooks(self):
             return cache.forward(*args, **kwargs)
 
+    # An offloader may have wrapped `forward` as an instance attribute already: keep it for removal.
+    transformer._edit_saved = {name: transformer.__dict__[name] for name in ("forward", "cache_context")
+                               if name in transformer.__dict__}
     transformer.forward = types.MethodType(forward, transformer)
     transformer.cache_context = types.MethodType(cache_context, transformer)
     transformer._edit_cache = controller
@@ -130,11 +134,14 @@ def apply_cache_on_transformer(transformer: torch.nn.Module, policy: Any = "teac
 
 
 def remove_cache_from_transformer(transformer: torch.nn.Module) -> None:
-    """Undo `apply_cache_on_transformer`: the class's own `forward` is used again."""
+    """Undo `apply_cache_on_transformer`: the `forward` it replaced (the class's own, or an offloader's
+    wrapper installed before) is used again."""
     controller = transformer.__dict__.get("_edit_cache")
     if controller is None:
         raise ValueError("transformer: no cache applied (apply_cache_on_transformer was not called on it)")
     if controller.store is not None:
         controller.store.clear()
+    saved = transformer.__dict__.get("_edit_saved", {})
     for name in _PATCHED:
         transformer.__dict__.pop(name, None)
+    transformer.__dict__.update(saved)

@@ -8,11 +8,13 @@ holds, so callers treat them as read-only.
 from __future__ import annotations
 
 import abc
+import threading
+from collections import OrderedDict
 from typing import Any, Hashable
 
 import torch
 
-from edit.runtime.store.stats import StoreStats, TieredStats
+from edit.runtime.store.stats import Counters, StoreStats, TieredStats
 
 #: A store key: a hashable tuple such as ``(generation, step, branch, unit)``.
 Key = tuple[Hashable, ...]
@@ -95,3 +97,63 @@ class CacheStore(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(device={str(self.device)!r}, entries={len(self)}, nbytes={self.nbytes})"
+
+
+class SingleTierStore(CacheStore):
+    """The bookkeeping the GPU, CPU and disk stores share: one lock guarding an entry table, the
+    exact payload byte count and the counters. Subclasses fill ``_entries`` and remove through
+    ``_remove`` (called with the lock held; True when ``key`` was present)."""
+
+    def __init__(self) -> None:
+        self._entries: OrderedDict[Key, Any] = OrderedDict()  # least recently used first
+        self._nbytes = 0
+        self._lock = threading.Lock()
+        self._counters = Counters()
+
+    @abc.abstractmethod
+    def _remove(self, key: Any) -> bool: ...
+
+    def _insert(self, key: Key, value: Any, nbytes: int, seconds: float) -> None:
+        """Record a stored entry (lock held), replacing a concurrent put of the same key that landed
+        while this one was copying."""
+        self._remove(key)
+        self._entries[key] = value
+        self._nbytes += nbytes
+        self._counters.puts += 1
+        self._counters.transfer_seconds += seconds
+
+    def _lookup(self, key: Key) -> Any:
+        """``key``'s entry (lock held), counted as a hit and made most recent, or None and a miss."""
+        value = self._entries.get(key)
+        if value is None:
+            self._counters.misses += 1
+            return None
+        self._entries.move_to_end(key)
+        self._counters.hits += 1
+        return value
+
+    def drop(self, key: Key) -> None:
+        """Forget ``key`` (no-op when absent)."""
+        with self._lock:
+            if self._remove(key):
+                self._counters.drops += 1
+
+    def keys(self) -> list[Key]:
+        with self._lock:
+            return list(self._entries)
+
+    @property
+    def nbytes(self) -> int:
+        return self._nbytes
+
+    @property
+    def stats(self) -> StoreStats:
+        with self._lock:
+            return self._counters.snapshot(len(self._entries), self._nbytes)
+
+    def __contains__(self, key: object) -> bool:
+        with self._lock:
+            return key in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import threading
 import time
-from collections import OrderedDict
 from typing import Any
 
 import attrs
@@ -13,8 +11,7 @@ import torch
 from edit.runtime.store._checks import check_bool, check_key, check_tensor
 from edit.runtime.store._device import (consume_staged, empty_host, host_copy, resolve_device, side_stream, stage_on,
                                         to_device)
-from edit.runtime.store.base import CacheStore, Key
-from edit.runtime.store.stats import Counters, StoreStats
+from edit.runtime.store.base import Key, SingleTierStore
 
 
 @attrs.define
@@ -39,7 +36,7 @@ class _Staged:
     arrived: "torch.cuda.Event | None"
 
 
-class CPUStore(CacheStore):
+class CPUStore(SingleTierStore):
     """Keeps a contiguous host copy per entry; ``get`` copies it back to ``device``.
 
     With CUDA, copies run on a side stream into pinned memory: ``put`` returns once the device-to-host
@@ -61,11 +58,8 @@ class CPUStore(CacheStore):
         # Pinned memory only helps copies to a cuda device; silently off otherwise.
         self.pin_memory = pin_memory and self.device.type == "cuda"
         self._stream = side_stream(self.device)
-        self._entries: OrderedDict[Key, _HostEntry] = OrderedDict()
+        super().__init__()
         self._staged: dict[Key, _Staged] = {}
-        self._nbytes = 0
-        self._lock = threading.Lock()
-        self._counters = Counters()
 
     def put(self, key: Key, tensor: torch.Tensor) -> bool:
         """Copy ``tensor`` to host memory (asynchronously from a cuda tensor)."""
@@ -82,22 +76,15 @@ class CPUStore(CacheStore):
             return False
         elapsed = time.perf_counter() - start
         with self._lock:
-            self._remove(key)  # a concurrent put of the same key may have landed meanwhile
-            self._entries[key] = entry
-            self._nbytes += entry.host.nbytes
-            self._counters.puts += 1
-            self._counters.transfer_seconds += elapsed
+            self._insert(key, entry, entry.host.nbytes, elapsed)
         return True
 
     def get(self, key: Key) -> torch.Tensor | None:
         """The value on ``device``; uses (and waits only for) a prefetched copy when there is one."""
         with self._lock:
-            entry = self._entries.get(key)
+            entry = self._lookup(key)
             if entry is None:
-                self._counters.misses += 1
                 return None
-            self._entries.move_to_end(key)
-            self._counters.hits += 1
             staged = self._staged.pop(key, None)
             if staged is not None:
                 arrived = staged.arrived is None or staged.arrived.query()
@@ -143,38 +130,12 @@ class CPUStore(CacheStore):
             if self._entries.get(key) is entry and key not in self._staged:
                 self._staged[key] = _Staged(entry, tensor, arrived)
 
-    def drop(self, key: Key) -> None:
-        """Forget ``key`` and any staged copy (the pinned block is reused only after pending copies)."""
-        with self._lock:
-            if self._remove(key):
-                self._counters.drops += 1
-
-    def keys(self) -> list[Key]:
-        with self._lock:
-            return list(self._entries)
-
     def close(self) -> None:
         """Release all host copies and staged device copies."""
         with self._lock:
             self._entries.clear()
             self._staged.clear()
             self._nbytes = 0
-
-    @property
-    def nbytes(self) -> int:
-        return self._nbytes
-
-    @property
-    def stats(self) -> StoreStats:
-        with self._lock:
-            return self._counters.snapshot(len(self._entries), self._nbytes)
-
-    def __contains__(self, key: object) -> bool:
-        with self._lock:
-            return key in self._entries
-
-    def __len__(self) -> int:
-        return len(self._entries)
 
     def _copy_to_host(self, tensor: torch.Tensor) -> _HostEntry:
         host = empty_host(tensor.shape, tensor.dtype, pin=self.pin_memory)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
-import threading
 import time
 import weakref
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
@@ -18,8 +17,7 @@ import torch
 from edit.runtime.store._checks import check_bool, check_key, check_tensor
 from edit.runtime.store._device import consume_staged, resolve_device, side_stream, stage_on, to_device
 from edit.runtime.store._entryfile import DTYPE_NAMES, EntryRecord, read_entry, write_entry
-from edit.runtime.store.base import CacheStore, Key
-from edit.runtime.store.stats import Counters, StoreStats
+from edit.runtime.store.base import Key, SingleTierStore
 
 #: Names of in-progress writes; anything left with this prefix is debris of a crash.
 TEMP_PREFIX = ".edit-tmp-"
@@ -44,7 +42,7 @@ class _Pending:
     future: Future[_Loaded | None]
 
 
-class DiskStore(CacheStore):
+class DiskStore(SingleTierStore):
     """Keeps each entry in its own safetensors file under ``directory``.
 
     ``put`` writes a temp file in the same directory and renames it into place, so a reader sees the
@@ -89,18 +87,15 @@ class DiskStore(CacheStore):
         self._stream = side_stream(self.device)
         self._io = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="edit-disk-io")
         self._crc = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edit-disk-crc")
-        self._index: dict[Key, EntryRecord] = {}
+        super().__init__()
         self._owners: dict[str, Key] = {}  # live path -> key, so keys with equal reprs get distinct files
         self._pending: dict[Key, _Pending] = {}
-        self._nbytes = 0
-        self._lock = threading.Lock()
-        self._counters = Counters()
         self._closed = False
         self._temp_ids = itertools.count()
         self.remove_temp_files()
         # A store that is never closed still releases its threads and (unless keep) its files.
         self._finalizer = weakref.finalize(self, _release, self._io, self._crc,
-                                           None if keep else self._index)
+                                           None if keep else self._entries)
 
     def put(self, key: Key, tensor: torch.Tensor) -> bool:
         """Write ``tensor`` to its own file; False (and nothing stored) when the write fails."""
@@ -113,7 +108,7 @@ class DiskStore(CacheStore):
         with self._lock:
             if self._closed:
                 raise ValueError("DiskStore is closed; put needs an open store")
-            self._discard(key)  # an old value must never outlive a put, even a failed one
+            self._remove(key)  # an old value must never outlive a put, even a failed one
         host = tensor.detach()
         if host.device.type != "cpu":
             host = host.to("cpu")
@@ -129,13 +124,13 @@ class DiskStore(CacheStore):
             if self._closed:
                 _unlink_quietly(temp)
                 return False
-            self._discard(key)  # a concurrent put of the same key may have committed meanwhile
+            self._remove(key)  # a concurrent put of the same key may have committed meanwhile
             path = self._path_for(key, key_repr)
             try:
                 os.replace(temp, path)
             except OSError:
                 return self._write_failed(temp, locked=True)
-            self._index[key] = EntryRecord(path, key_repr, host.dtype, tuple(host.shape), host.nbytes, crcs)
+            self._entries[key] = EntryRecord(path, key_repr, host.dtype, tuple(host.shape), host.nbytes, crcs)
             self._owners[path] = key
             self._nbytes += host.nbytes
             self._counters.puts += 1
@@ -145,7 +140,7 @@ class DiskStore(CacheStore):
     def get(self, key: Key) -> torch.Tensor | None:
         """The verified value on ``device``, or None (a bad file is removed)."""
         with self._lock:
-            record = self._index.get(key)
+            record = self._entries.get(key)
             if record is None:
                 self._counters.misses += 1
                 return None
@@ -174,7 +169,7 @@ class DiskStore(CacheStore):
     def peek(self, key: Key) -> torch.Tensor | None:
         """The verified value in host memory (no device copy, no accounting)."""
         with self._lock:
-            record = self._index.get(key)
+            record = self._entries.get(key)
         if record is None:
             return None
         loaded = self._load(record, stage=False)
@@ -187,26 +182,16 @@ class DiskStore(CacheStore):
     def prefetch(self, key: Key) -> None:
         """Start reading ``key`` on the thread pool; no-op when absent or already in flight."""
         with self._lock:
-            record = self._index.get(key)
+            record = self._entries.get(key)
             if self._closed or record is None or key in self._pending:
                 return
             self._counters.prefetches += 1
             self._pending[key] = _Pending(record, self._io.submit(self._load, record, True))
 
-    def drop(self, key: Key) -> None:
-        """Remove ``key``'s file; a prefetch in flight for it is cancelled or its result discarded."""
-        with self._lock:
-            if self._discard(key):
-                self._counters.drops += 1
-
-    def keys(self) -> list[Key]:
-        with self._lock:
-            return list(self._index)
-
     def path(self, key: Key) -> Path | None:
         """The file holding ``key`` (for inspection), or None."""
         with self._lock:
-            record = self._index.get(key)
+            record = self._entries.get(key)
         return None if record is None else Path(record.path)
 
     def accepts(self, tensor: torch.Tensor) -> bool:
@@ -231,30 +216,14 @@ class DiskStore(CacheStore):
                 pending.future.cancel()
             self._pending.clear()
             if not self.keep:
-                for record in self._index.values():
+                for record in self._entries.values():
                     _unlink_quietly(record.path)
-            self._index.clear()
+            self._entries.clear()
             self._owners.clear()
             self._nbytes = 0
         self._finalizer.detach()
         self._io.shutdown(wait=True, cancel_futures=True)
         self._crc.shutdown(wait=True, cancel_futures=True)
-
-    @property
-    def nbytes(self) -> int:
-        return self._nbytes
-
-    @property
-    def stats(self) -> StoreStats:
-        with self._lock:
-            return self._counters.snapshot(len(self._index), self._nbytes)
-
-    def __contains__(self, key: object) -> bool:
-        with self._lock:
-            return key in self._index
-
-    def __len__(self) -> int:
-        return len(self._index)
 
     def _load(self, record: EntryRecord, stage: bool) -> _Loaded | None:
         host = read_entry(record, self._pin, self._crc)
@@ -268,8 +237,8 @@ class DiskStore(CacheStore):
     def _forget_unreadable(self, key: Key, record: EntryRecord) -> None:
         # Only remove the file if it still belongs to the record we read: a concurrent put may have
         # replaced it, and that newer file must survive.
-        if self._index.get(key) is record:
-            self._discard(key)
+        if self._entries.get(key) is record:
+            self._remove(key)
             self._counters.errors += 1
 
     def _write_failed(self, temp: Path, locked: bool = False) -> bool:
@@ -292,11 +261,11 @@ class DiskStore(CacheStore):
             path = str(self.directory / f"{digest}-{suffix}{SUFFIX}")
         return path
 
-    def _discard(self, key: Any) -> bool:
+    def _remove(self, key: Any) -> bool:
         pending = self._pending.pop(key, None)
         if pending is not None:
             pending.future.cancel()  # if already running, its result is simply never used
-        record = self._index.pop(key, None)
+        record = self._entries.pop(key, None)
         if record is None:
             return False
         self._owners.pop(record.path, None)

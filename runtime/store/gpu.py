@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import threading
 import time
-from collections import OrderedDict
 from typing import Any
 
 import torch
 
 from edit.runtime.store._checks import check_budget, check_key, check_tensor
 from edit.runtime.store._device import resolve_device
-from edit.runtime.store.base import CacheStore, Key
-from edit.runtime.store.stats import Counters, StoreStats
+from edit.runtime.store.base import Key, SingleTierStore
 
 
 def owns_exactly(tensor: torch.Tensor) -> bool:
@@ -28,7 +25,7 @@ def owns_exactly(tensor: torch.Tensor) -> bool:
     return True
 
 
-class GPUStore(CacheStore):
+class GPUStore(SingleTierStore):
     """Holds device tensors by reference, least-recently-used first out when over ``budget``.
 
     The store keeps a reference to the (detached) tensor it is given rather than a copy: residuals are
@@ -46,10 +43,7 @@ class GPUStore(CacheStore):
     def __init__(self, device: str | torch.device | None = None, budget: int | None = None) -> None:
         self.device = resolve_device(device)
         self.budget = check_budget(budget, "budget")
-        self._entries: OrderedDict[Key, torch.Tensor] = OrderedDict()
-        self._nbytes = 0
-        self._lock = threading.Lock()
-        self._counters = Counters()
+        super().__init__()
 
     def put(self, key: Key, tensor: torch.Tensor) -> bool:
         """Keep ``tensor`` (by reference when possible); evicts LRU entries to stay within ``budget``."""
@@ -70,11 +64,7 @@ class GPUStore(CacheStore):
             return False
         elapsed = time.perf_counter() - start
         with self._lock:
-            self._remove(key)  # a concurrent put of the same key may have landed meanwhile
-            self._entries[key] = held
-            self._nbytes += held.nbytes
-            self._counters.puts += 1
-            self._counters.transfer_seconds += elapsed
+            self._insert(key, held, held.nbytes, elapsed)
             while self.budget is not None and self._nbytes > self.budget:
                 _, victim = self._entries.popitem(last=False)
                 self._nbytes -= victim.nbytes
@@ -84,13 +74,7 @@ class GPUStore(CacheStore):
     def get(self, key: Key) -> torch.Tensor | None:
         """The held tensor itself (read-only by contract), or None."""
         with self._lock:
-            held = self._entries.get(key)
-            if held is None:
-                self._counters.misses += 1
-                return None
-            self._entries.move_to_end(key)
-            self._counters.hits += 1
-            return held
+            return self._lookup(key)
 
     def peek(self, key: Key) -> torch.Tensor | None:
         """The held tensor, without touching LRU order or counters."""
@@ -100,37 +84,11 @@ class GPUStore(CacheStore):
     def prefetch(self, key: Key) -> None:
         """Nothing to do: entries already live on the device."""
 
-    def drop(self, key: Key) -> None:
-        """Forget ``key``; the memory is freed once no caller holds the tensor."""
-        with self._lock:
-            if self._remove(key):
-                self._counters.drops += 1
-
-    def keys(self) -> list[Key]:
-        with self._lock:
-            return list(self._entries)
-
     def close(self) -> None:
         """Drop every reference."""
         with self._lock:
             self._entries.clear()
             self._nbytes = 0
-
-    @property
-    def nbytes(self) -> int:
-        return self._nbytes
-
-    @property
-    def stats(self) -> StoreStats:
-        with self._lock:
-            return self._counters.snapshot(len(self._entries), self._nbytes)
-
-    def __contains__(self, key: object) -> bool:
-        with self._lock:
-            return key in self._entries
-
-    def __len__(self) -> int:
-        return len(self._entries)
 
     def _adopt(self, tensor: torch.Tensor) -> torch.Tensor:
         held = tensor.detach()  # never keep an autograd graph alive through the cache

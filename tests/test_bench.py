@@ -11,7 +11,7 @@ import bench
 from conftest import components
 from edit import EditWanPipeline
 
-SMOKE = ["--config", "tiny", "--steps", "6", "--frames", "9", "--height", "32", "--width", "48", "--repeats", "1"]
+SMOKE = ["--config", "tiny", "--steps", "8", "--frames", "9", "--height", "32", "--width", "48", "--repeats", "1"]
 
 
 def run_bench(tmp_path, *extra):
@@ -35,9 +35,12 @@ def test_psnr():
 
 
 def test_bench_table_is_consistent(tmp_path):
-    result, table = run_bench(tmp_path, "--teacache", "0.8,1.5,2.5", "--fbcache", "0.15,0.3")
+    result, table = run_bench(tmp_path, "--fbcache", "0.15,0.3")
     rows = {r["name"]: r for r in result["rows"]}
-    assert list(rows) == ["No cache", "TeaCache 0.8", "TeaCache 1.5", "TeaCache 2.5", "FBCache 0.15", "FBCache 0.3"]
+    assert list(rows) == ["No cache", "TeaCache 0.1", "TeaCache 0.2", "TeaCache 0.3", "FBCache 0.15", "FBCache 0.3"]
+    fit = result["meta"]["teacache_calibration"]  # embedded model: coefficients fitted on other prompts
+    assert fit["samples"] == 2 * 2 * (8 - 1) and len(fit["coefficients"]) == 5
+    assert rows["TeaCache 0.3"]["kwargs"]["coefficients"] == fit["coefficients"]
     base = rows["No cache"]
     assert base["speedup"] == 1.0 and base["blocks_skipped"] == 0.0 and base["psnr_db"] is None
     fixed = result["meta"]["fixed_fraction"]
@@ -58,7 +61,7 @@ def test_bench_table_is_consistent(tmp_path):
         assert row["steps_skipped"] == pytest.approx(skipped, abs=1e-3)
         # A run that reused anything differs from the uncached video; one that reused nothing is identical.
         assert (row["psnr_db"] is None) == (skipped == 0), row["name"]
-    assert rows["TeaCache 2.5"]["blocks_skipped"] > 0  # the smoke thresholds do skip
+    assert rows["TeaCache 0.3"]["blocks_skipped"] > 0 and rows["FBCache 0.3"]["blocks_skipped"] > 0
     assert table.count("\n| ") == 1 + len(rows)  # header + one line per configuration
 
 
@@ -66,6 +69,8 @@ def test_bench_loads_a_saved_checkpoint(tmp_path):
     EditWanPipeline(**components()).save_pretrained(tmp_path / "ckpt")
     result, _ = run_bench(tmp_path, "--model", str(tmp_path / "ckpt"), "--teacache", "0,0,0", "--fbcache", "0,0")
     assert result["meta"]["model"] == str(tmp_path / "ckpt")
+    assert result["meta"]["teacache_calibration"] is None  # trained weights: the published coefficients
+    assert result["rows"][1]["kwargs"]["wan_variant"] == "t2v-1.3B"
     assert result["meta"]["dtype"] == "float32"
     for row in result["rows"]:  # threshold 0 never skips: every video equals the uncached one
         assert row["blocks_skipped"] == 0.0 and row["psnr_db"] is None, row["name"]

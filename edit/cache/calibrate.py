@@ -1,0 +1,107 @@
+"""Fit TeaCache's rescaling polynomial for a model: `calibrate_teacache`.
+
+TeaCache skips while the accumulated *estimated* change of the model's output stays under a
+threshold; the estimate is `poly(relative_l1(signal, previous signal))`, a polynomial fitted per
+model. The published coefficients only hold for the checkpoints they were fitted on; this fits new
+ones from uncached runs of `pipe`: per CFG branch and step, x = relative L1 change of the signal
+(`e0` with `use_ret_steps=True`, `e` otherwise) and y = relative L1 change of the residual the cache
+would reuse (stack output − stack input), then `numpy.polyfit(x, y, degree)`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import numpy as np
+import torch
+
+from edit.passes.policy import CacheContext, CachePolicy, relative_l1
+
+
+@attrs.frozen
+class TeaCacheCalibration:
+    """The fitted polynomial (highest degree first, as `teacache(coefficients=...)` takes it) and the
+    samples it was fitted on."""
+
+    coefficients: tuple[float, ...]
+    use_ret_steps: bool
+    signal_changes: tuple[float, ...]
+    residual_changes: tuple[float, ...]
+
+    @property
+    def mean_abs_error(self) -> float:
+        """Mean |poly(x) - y| over the samples."""
+        x, y = np.asarray(self.signal_changes), np.asarray(self.residual_changes)
+        return float(np.mean(np.abs(np.poly1d(self.coefficients)(x) - y)))
+
+    def policy_kwargs(self) -> dict[str, Any]:
+        """What to pass to `enable_cache("teacache", rel_l1_thresh=..., **kwargs)`."""
+        return {"coefficients": self.coefficients, "use_ret_steps": self.use_ret_steps}
+
+
+class _Record(CachePolicy):
+    """Computes everything (the run stays bit-identical to no cache); the hooks take the samples."""
+
+    def should_compute(self, ctx: CacheContext) -> bool:
+        return True
+
+
+def calibrate_teacache(pipe, prompts: str | list[str], *, num_inference_steps: int = 50, use_ret_steps: bool = True,
+                       degree: int = 4, seed: int = 0, **call_kwargs: Any) -> TeaCacheCalibration:
+    """Run `pipe` uncached on each prompt (seed, seed+1, ...) and fit the TeaCache polynomial.
+
+    `call_kwargs` go to the pipeline call (height, width, num_frames, guidance_scale, ...). The
+    pipeline's cache settings are restored afterwards.
+    """
+    from edit.pipeline import EditWanPipeline
+
+    if not isinstance(pipe, EditWanPipeline):
+        raise TypeError(f"pipe: expected an EditWanPipeline, got {type(pipe).__name__}")
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not prompts or not all(isinstance(p, str) for p in prompts):
+        raise ValueError("prompts: expected a prompt or a non-empty list of prompts")
+    if isinstance(degree, bool) or not isinstance(degree, int) or degree < 1:
+        raise ValueError(f"degree: expected an int >= 1, got {degree!r}")
+    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 2:
+        raise ValueError(f"num_inference_steps: expected an int >= 2 (samples are step-to-step changes), "
+                         f"got {num_inference_steps!r}")
+    if not isinstance(use_ret_steps, bool):
+        raise TypeError(f"use_ret_steps: expected a bool, got {type(use_ret_steps).__name__}")
+    for reserved in ("output_type", "generator", "num_inference_steps", "prompt"):
+        if reserved in call_kwargs:
+            raise ValueError(f"{reserved}: set by calibrate_teacache; not allowed in call_kwargs")
+
+    xs: list[float] = []
+    ys: list[float] = []
+    previous: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    inputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # branch -> (signal, stack input)
+
+    def before_unit(event) -> None:
+        inputs[event.branch] = (event.ctx.e0 if use_ret_steps else event.ctx.e, event.hidden)
+
+    def after_unit(event) -> None:
+        signal, hidden = inputs.pop(event.branch)
+        residual = event.output - hidden
+        if event.branch in previous:
+            prev_signal, prev_residual = previous[event.branch]
+            xs.append(relative_l1(signal, prev_signal))
+            ys.append(relative_l1(residual, prev_residual))
+        previous[event.branch] = (signal, residual)
+
+    saved = (pipe.cache, pipe._program_cache, pipe.pass_manager)
+    try:
+        cache = pipe.enable_cache(_Record(), fold=False, num_inference_steps=num_inference_steps)
+        cache.add_hook("before_unit", before_unit)
+        cache.add_hook("after_unit", after_unit)
+        for i, prompt in enumerate(prompts):
+            previous.clear()
+            pipe(prompt, num_inference_steps=num_inference_steps, output_type="latent",
+                 generator=torch.Generator("cpu").manual_seed(seed + i), **call_kwargs)
+    finally:
+        pipe.cache, pipe._program_cache, pipe.pass_manager = saved
+    if len(xs) < degree + 1:
+        raise ValueError(f"degree: {degree} needs at least {degree + 1} samples, the runs gave {len(xs)}; "
+                         "use more steps or prompts")
+    coefficients = tuple(float(c) for c in np.polyfit(np.asarray(xs), np.asarray(ys), degree))
+    return TeaCacheCalibration(coefficients, use_ret_steps, tuple(xs), tuple(ys))

@@ -14,12 +14,13 @@ from edit.graph.core import Graph, same_structure
 from edit.graph.lower import lower
 from edit.graph.nodes import (BRANCHES, COMPUTE, DATA, EDGE_KINDS, GUARDS, PREFETCH, REUSE, SKIP, Decide, Embed,
                               Guide, Head, Input, Load, Merge, Node, Output, Probe, Reuse, Save, Unit, Update)
+from edit.graph.draw import LEVELS, render, to_dot
 from edit.graph.spec import GRANULARITIES, RunSpec, check_granularity, unit_ranges
 from edit.graph.verify import GraphError, verify
 
 __all__ = [
-    "BRANCHES", "COMPUTE", "DATA", "EDGE_KINDS", "GRANULARITIES", "GUARDS", "PREFETCH", "REUSE", "SKIP",
+    "BRANCHES", "COMPUTE", "DATA", "EDGE_KINDS", "GRANULARITIES", "GUARDS", "LEVELS", "PREFETCH", "REUSE", "SKIP",
     "Decide", "Embed", "Graph", "GraphError", "Guide", "Head", "Input", "Load", "Merge", "Node", "Output", "Probe",
     "Reuse", "RunSpec", "Save", "Unit", "Update",
-    "check_granularity", "lower", "same_structure", "unit_ranges", "verify",
+    "check_granularity", "lower", "render", "same_structure", "to_dot", "unit_ranges", "verify",
 ]

@@ -1,4 +1,5 @@
-"""The `edit` command line: `edit generate PROMPT ...` writes a video and prints the plan summary."""
+"""The `edit` command line: `edit generate PROMPT ...` writes a video, prints the plan summary and,
+with `--cache`, the cache stats; `--plan FILE` draws the plan (graphviz)."""
 
 from __future__ import annotations
 
@@ -51,7 +52,50 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--fps", type=_positive_int("--fps"), default=16)
     gen.add_argument("--out", default="out.mp4", help="output video, .mp4 (ffmpeg) or .gif (Pillow)")
+    cache = gen.add_argument_group("step caching")
+    cache.add_argument("--cache", default=None, metavar="POLICY",
+                       help="a registered cache policy: teacache, fbcache, none, ... (default: no cache)")
+    cache.add_argument("--threshold", type=float, default=None, help="the policy's rel_l1_thresh")
+    cache.add_argument("--granularity", default="stack", help="stack, per_block or an int k (units of k blocks)")
+    cache.add_argument("--wan-variant", default=None, help="TeaCache coefficients: t2v-1.3B, t2v-14B, i2v-480P, i2v-720P")
+    gen.add_argument("--plan", default=None, metavar="FILE",
+                     help="also draw the plan: .svg, .png, .pdf or .dot (graphviz; see --level)")
+    gen.add_argument("--level", default="units", help="detail of --plan: nodes, units or steps")
     return parser
+
+
+def enable_cache(pipe, args: argparse.Namespace) -> None:
+    if args.cache is None:
+        for flag in ("threshold", "wan_variant"):
+            if getattr(args, flag) is not None:
+                raise CliError(f"--{flag.replace('_', '-')}: needs --cache POLICY")
+        return
+    granularity = int(args.granularity) if args.granularity.lstrip("-").isdigit() else args.granularity
+    kwargs = {}
+    if args.threshold is not None:
+        kwargs["rel_l1_thresh"] = args.threshold
+    if args.wan_variant is not None:
+        kwargs["wan_variant"] = args.wan_variant
+    try:
+        pipe.enable_cache(args.cache, num_inference_steps=args.steps, granularity=granularity, **kwargs)
+    except (TypeError, ValueError) as err:  # names the policy argument; TypeError: e.g. an unknown keyword
+        raise CliError(f"--cache {args.cache}: {str(err).splitlines()[0]}") from None
+
+
+def check_plan_path(path: str | None, level: str) -> Path | None:
+    from edit.graph import LEVELS
+    from edit.graph.draw import FORMATS
+
+    if level not in LEVELS:
+        raise CliError(f"--level: expected one of {', '.join(LEVELS)}, got {level!r}")
+    if path is None:
+        return None
+    out = Path(path)
+    if out.suffix.lstrip(".").lower() not in FORMATS:
+        raise CliError(f"--plan: expected a file ending in {', '.join('.' + f for f in FORMATS)}, got {path!r}")
+    if not (out.parent if str(out.parent) else Path(".")).is_dir():
+        raise CliError(f"--plan: folder {str(out.parent)!r} does not exist")
+    return out
 
 
 def check_output(path: str) -> Path:
@@ -116,15 +160,22 @@ def write_video(frames, out: Path, fps: int) -> None:
 
 def generate(args: argparse.Namespace) -> int:
     out = check_output(args.out)
+    plan_path = check_plan_path(args.plan, args.level)
     pipe = load_pipeline(args.model)
     default = TINY_SIZE if args.model == "tiny" else FULL_SIZE
     height, width = args.height or default[0], args.width or default[1]
     check_size(pipe, height, width)
+    enable_cache(pipe, args)
     import torch
 
     pipe.set_progress_bar_config(disable=True)
     generator = torch.Generator("cpu").manual_seed(args.seed)
-    plan = pipe.compile(num_inference_steps=args.steps, guidance_scale=args.guidance)
+    plan = pipe.compile(num_inference_steps=args.steps, guidance_scale=args.guidance, height=height, width=width,
+                        num_frames=args.frames)
+    if plan_path is not None:
+        from edit.graph import render
+
+        print(f"wrote {render(plan, plan_path, level=args.level)} (the plan, level {args.level})")
     start = time.perf_counter()
     frames = pipe(args.prompt, negative_prompt=args.negative_prompt, height=height, width=width,
                   num_frames=args.frames, num_inference_steps=args.steps, guidance_scale=args.guidance,
@@ -135,6 +186,9 @@ def generate(args: argparse.Namespace) -> int:
           f"({args.steps} steps, {seconds / args.steps * 1000:.1f} ms/step)")
     print("plan (C = computed, S = skipped, R = reused from another generation, ? = decided at run time):")
     print(plan.summary())
+    if pipe.cache is not None:
+        print(f"cache: {pipe.cache.policy.describe()}, granularity {pipe.cache.granularity}")
+        print(pipe.cache.stats)
     return 0
 
 

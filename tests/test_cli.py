@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import imageio.v3 as iio
 import pytest
 
@@ -20,7 +22,31 @@ def test_generate_writes_a_readable_video(tmp_path, capsys, suffix):
     assert f"wrote {out}" in printed and "step  cond    uncond" in printed
 
 
+def test_generate_with_a_cache_prints_stats_and_draws_the_plan(tmp_path, capsys):
+    out, plan = tmp_path / "fox.gif", tmp_path / "plan.svg"
+    code = main(["generate", "a red fox", "--steps", "8", "--frames", "9", "--height", "32", "--width", "48",
+                 "--cache", "fbcache", "--threshold", "0.08", "--granularity", "2", "--plan", str(plan),
+                 "--out", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "cache: fbcache(rel_l1_thresh=0.08, warmup_steps=0), granularity 2" in printed
+    trace = next(line.split()[-1] for line in printed.splitlines() if line.strip().startswith("cond:u0"))
+    assert len(trace) == 8 and "S" in trace and trace.startswith("C")  # the run reused some steps
+    assert f"wrote {plan}" in printed and plan.with_suffix(".dot").read_text().startswith("digraph plan {")
+    if shutil.which("dot"):
+        assert b"<svg" in plan.read_bytes()
+    assert iio.imread(out).shape == (9, 32, 48, 3)
+
+
 @pytest.mark.parametrize("argv, message", [
+    (["--cache", "nope"], "policy: unknown policy 'nope'; registered: "),
+    (["--cache", "teacache", "--threshold", "-1"], "rel_l1_thresh"),
+    (["--cache", "teacache", "--granularity", "0"], "granularity"),
+    (["--cache", "teacache", "--wan-variant", "t2v-7B"], "wan_variant"),
+    (["--cache", "fbcache", "--wan-variant", "t2v-1.3B"], "--cache fbcache: "),
+    (["--threshold", "0.1"], "--threshold: needs --cache POLICY"),
+    (["--plan", "plan.jpg"], "--plan: expected a file ending in .dot, .svg, .png, .pdf"),
+    (["--level", "blocks"], "--level: expected one of nodes, units, steps"),
     (["--steps", "0"], "--steps: expected an integer >= 1, got 0"),
     (["--frames", "x"], "--frames: expected an integer >= 1, got 'x'"),
     (["--height", "50"], "--height: 50 is not a multiple of 16"),

@@ -1,9 +1,9 @@
 """Step-caching benchmark: no cache vs TeaCache at three thresholds vs First-Block-Cache at two.
 
 For every configuration: denoising time (median of --repeats runs, configurations interleaved
-round-robin in one process), speedup over no cache (median of the per-round ratios), % of (step, branch) forwards skipped, % of
-block evaluations skipped, peak memory (CUDA peak allocated on a GPU, peak RSS on a CPU), the
-Amdahl bound that skip ratio allows given the measured fixed (non-block) fraction of one forward,
+round-robin in one process), speedup over no cache (median of the per-round ratios), % of
+(step, branch) forwards skipped, % of block evaluations skipped, peak memory (CUDA peak allocated
+on a GPU, peak RSS on a CPU), the Amdahl bound that skip ratio allows given the measured fixed (non-block) fraction of one forward,
 speedup / bound, and the PSNR of the decoded video against the uncached one. Writes JSON and a
 markdown table.
 
@@ -352,7 +352,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   guidance_scale=args.guidance_scale, granularity=args.granularity, repeats=args.repeats,
                   seed=args.seed, prompt=PROMPT, forward_ms={k: round(v, 3) for k, v in split.items()},
                   fixed_fraction=round(split["fixed_fraction"], 4), memory_kind=PeakMemory(args.device).kind,
-                  teacache_calibration=calibration, torch=torch.__version__, command=" ".join(["python", "tests/bench.py", *(argv or sys.argv[1:])])),
+                  teacache_calibration=calibration, torch=torch.__version__,
+                  command=" ".join(["python", "tests/bench.py", *(argv or sys.argv[1:])])),
         rows=rows)
     table = markdown(result)
     print(table)

@@ -1,11 +1,11 @@
 """Step-caching benchmark: no cache vs TeaCache at three thresholds vs First-Block-Cache at two.
 
-For every configuration: denoising time (median of --repeats runs, configurations interleaved round-
-robin in one process), speedup over no cache (median of the per-round ratios), % of (step, branch)
-forwards skipped, % of block evaluations skipped, peak memory (CUDA peak allocated on a GPU, peak
-RSS on a CPU), the Amdahl bound that skip ratio allows given the measured fixed (non-block) fraction
-of one forward, speedup / bound, and the PSNR of the decoded video against the uncached one. Writes
-JSON and a markdown table.
+For every configuration: denoising time (median of --repeats runs, configurations interleaved
+round-robin in one process), speedup over no cache (median of the per-round ratios), % of (step,
+branch) forwards skipped, % of block evaluations skipped, peak memory (CUDA peak allocated on a GPU,
+peak RSS on a CPU), the Amdahl bound that skip ratio allows given the measured fixed (non-block)
+fraction of one forward, speedup / bound, and the PSNR of the decoded video against the uncached
+one. Writes JSON and a markdown table.
 
     python tests/bench.py                        # embedded mid config on this CPU (defaults below)
     python tests/bench.py --config tiny --steps 10 --repeats 1   # seconds, a smoke run

@@ -7,9 +7,25 @@
 (1, 16, 2, 4, 4)
 """
 
+import importlib
+from typing import Any
+
 from edit import cache  # noqa: F401  (registers the built-in policies)
-from edit.pipeline import EditWanPipeline
-from edit.tiny import tiny_components, tiny_pipeline
 
 __all__ = ["EditWanPipeline", "tiny_components", "tiny_pipeline"]
 __version__ = "0.1.0"
+
+#: Loaded on first use, so `import edit.graph` (no model code) does not pay for importing diffusers.
+_LAZY = {"EditWanPipeline": "edit.pipeline", "tiny_components": "edit.tiny", "tiny_pipeline": "edit.tiny"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'edit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_LAZY))

@@ -12,7 +12,6 @@ import types
 from typing import Any
 
 import torch
-from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
 from edit.graph import Embed, Head, RunSpec, Unit, lower
 from edit.passes import apply_policy, make_policy, regroup
@@ -86,7 +85,10 @@ class _TransformerCache:
         if step == num_steps - 1:
             self.controller.end_run()
         output = slots[exit_slot]
-        return Transformer2DModelOutput(sample=output) if return_dict else (output,)
+        if not return_dict:
+            return (output,)
+        from diffusers.models.modeling_outputs import Transformer2DModelOutput  # diffusers is loaded by now
+        return Transformer2DModelOutput(sample=output)
 
 
 def apply_cache_on_transformer(transformer: torch.nn.Module, policy: Any = "teacache", *,

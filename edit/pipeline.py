@@ -14,7 +14,7 @@ from diffusers.utils import logging
 from diffusers.utils.torch_utils import get_module_execution_device
 
 from edit.graph import Graph, RunSpec, Unit, check_granularity, lower
-from edit.passes import PassManager, apply_policy, fold_static, make_policy, regroup
+from edit.passes import PassManager, apply_policy, fold_static, make_policy, regroup, schedule_prefetch
 from edit.runtime import Program, RunState, StepEnd, WanAdapter, compile_program
 from edit.runtime.cache import CacheController
 from edit.runtime.offload import forward_hooks
@@ -93,16 +93,21 @@ class EditWanPipeline(WanPipeline):
 
     def build_plan(self, spec: RunSpec, signals=None) -> Graph:
         """Lower `spec`, then the cache passes: regroup -> apply_policy -> fold_static (when the
-        policy's signal is static and `signals`, step -> (e, e0), is given). Verified after each pass."""
+        policy's signal is static and `signals`, step -> (e, e0), is given) -> schedule_prefetch (when
+        the cache has a prefetch lead). Verified after each pass."""
         graph = lower(spec)
         cache = self.cache
         if cache is None:
             return graph
-        passes = [lambda g: regroup(g, cache.granularity), lambda g: apply_policy(g, cache.policy)]
+        passes = [(lambda g: regroup(g, cache.granularity), "regroup"),
+                  (lambda g: apply_policy(g, cache.policy), "apply_policy")]
         if cache.fold and signals is not None and cache.policy.static_signal:
-            passes.append(lambda g: fold_static(g, cache.policy, signals))
-        for fn, name in zip(passes, ("regroup", "apply_policy", "fold_static")):
+            passes.append((lambda g: fold_static(g, cache.policy, signals), "fold_static"))
+        if cache.prefetch is not None:
+            passes.append((lambda g: schedule_prefetch(g, cache.prefetch), "schedule_prefetch"))
+        for fn, name in passes:
             fn.__name__ = name
+        passes = [fn for fn, _ in passes]
         self.pass_manager = PassManager(passes, debug=True)
         return self.pass_manager.run(graph)
 
@@ -138,14 +143,18 @@ class EditWanPipeline(WanPipeline):
     # -- caching ------------------------------------------------------------------------------
     def enable_cache(self, policy: Any = "teacache", *, num_inference_steps: int | None = None,
                      granularity: str | int = "stack", store: Any = None, fold: bool = True,
-                     **policy_kwargs: Any) -> CacheController:
+                     prefetch: int | None = None, **policy_kwargs: Any) -> CacheController:
         """Turn on step caching with `policy` (a registered name, a CachePolicy subclass or instance).
 
         `granularity`: "stack", "per_block" or an int k (units of k blocks). `store`: where residuals
         live (default: a GPUStore on the execution device). `fold`: evaluate static policies
-        (TeaCache) at compile time into a fixed schedule. Returns `pipe.cache`.
+        (TeaCache) at compile time into a fixed schedule. `prefetch`: issue every residual read this
+        many cells (step, branch, unit) ahead (`edit.passes.schedule_prefetch`; see `prefetch_lead`),
+        so a CPU/disk tier's transfer overlaps compute. Returns `pipe.cache`.
         """
         policy = make_policy(policy, **policy_kwargs)
+        if prefetch is not None and (isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 1):
+            raise ValueError(f"prefetch: expected None or an int >= 1 (cells ahead of each read), got {prefetch!r}")
         check_granularity(granularity, self.adapter.num_blocks)
         if num_inference_steps is not None and (isinstance(num_inference_steps, bool) or
                                                 not isinstance(num_inference_steps, int) or num_inference_steps < 1):
@@ -157,7 +166,7 @@ class EditWanPipeline(WanPipeline):
             if not callable(getattr(store, method, None)):
                 raise TypeError(f"store: expected a CacheStore (put/get), got {type(store).__name__}")
         self.cache = CacheController(policy, store=store, granularity=granularity,
-                                     num_inference_steps=num_inference_steps, fold=bool(fold))
+                                     num_inference_steps=num_inference_steps, fold=bool(fold), prefetch=prefetch)
         self._program_cache = None
         return self.cache
 
@@ -173,7 +182,7 @@ class EditWanPipeline(WanPipeline):
             self._check_plan(plan, spec)
             return compile_program(plan)
         cache = self.cache
-        key = (spec, tuple(shape), self.transformer.dtype, id(cache), cache and (cache.policy, cache.fold))
+        key = (spec, tuple(shape), self.transformer.dtype, id(cache), cache and (cache.policy, cache.fold, cache.prefetch))
         if self._program_cache is None or self._program_cache[0] != key:
             self._program_cache = (key, compile_program(self.build_plan(spec, self._signals(timesteps, shape))))
         return self._program_cache[1]

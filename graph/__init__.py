@@ -13,14 +13,14 @@ step  cond    uncond
 from edit.graph.core import Graph, same_structure
 from edit.graph.lower import lower
 from edit.graph.nodes import (BRANCHES, COMPUTE, DATA, EDGE_KINDS, GUARDS, PREFETCH, REUSE, SKIP, Decide, Embed,
-                              Guide, Head, Input, Load, Merge, Node, Output, Probe, Reuse, Save, Unit, Update)
+                              Guide, Head, Input, Load, Merge, Node, Output, Prefetch, Probe, Reuse, Save, Unit, Update)
 from edit.graph.draw import LEVELS, render, to_dot
 from edit.graph.spec import GRANULARITIES, RunSpec, check_granularity, unit_ranges
 from edit.graph.verify import GraphError, verify
 
 __all__ = [
     "BRANCHES", "COMPUTE", "DATA", "EDGE_KINDS", "GRANULARITIES", "GUARDS", "LEVELS", "PREFETCH", "REUSE", "SKIP",
-    "Decide", "Embed", "Graph", "GraphError", "Guide", "Head", "Input", "Load", "Merge", "Node", "Output", "Probe",
+    "Decide", "Embed", "Graph", "GraphError", "Guide", "Head", "Input", "Load", "Merge", "Node", "Output", "Prefetch", "Probe",
     "Reuse", "RunSpec", "Save", "Unit", "Update",
     "check_granularity", "lower", "render", "same_structure", "to_dot", "unit_ranges", "verify",
 ]

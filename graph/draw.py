@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import graphviz
 
 from edit.graph.nodes import (COMPUTE, DATA, PREFETCH, REUSE, SKIP, Decide, Embed, Guide, Head, Input, Load, Merge,
-                              Node, Output, Probe, Reuse, Save, Unit, Update)
+                              Node, Output, Prefetch, Probe, Reuse, Save, Unit, Update)
 from edit.graph.text import cell_states
 
 if TYPE_CHECKING:
@@ -48,10 +48,11 @@ NODE_STYLE: dict[type, dict[str, str]] = {
     Reuse: dict(shape="box", style="dashed,filled", fillcolor=CELL_STYLE["S"][0]),
     Decide: dict(shape="diamond", style="filled", fillcolor=CELL_STYLE["?"][0]),
     Save: dict(shape="cylinder"), Load: dict(shape="cylinder"),
+    Prefetch: dict(shape="cds", style="filled", fillcolor="#eebefa"),
     Merge: dict(shape="circle", width="0.15", label=""),
     Guide: dict(shape="ellipse"), Update: dict(shape="ellipse"),
 }
-_CELL_KINDS = (Unit, Decide, Save, Load, Reuse, Merge)
+_CELL_KINDS = (Unit, Decide, Save, Load, Reuse, Merge)  # a Prefetch stays apart: it runs in another cell
 
 
 def _check(graph: Any, level: str, steps: Iterable[int] | None) -> set[int] | None:

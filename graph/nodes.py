@@ -236,6 +236,46 @@ class Load(Node):
 
 
 @attrs.frozen
+class Prefetch(Node):
+    """Start moving the residual under `key` toward the device ahead of its `Load` (the `prefetch`
+    edge), so a slow tier's transfer overlaps compute. `issue` is the (step, branch, unit) cell before
+    whose decision it runs: the scheduler's choice, never before the key's latest `Save`."""
+
+    phase: ClassVar[int] = 1
+    sub: ClassVar[int] = -1  # before everything of the issuing cell
+    step: int
+    branch: str
+    unit: int
+    generation: int = 0
+    issue: tuple[int, str, int] = attrs.field(default=None, converter=lambda v: None if v is None else tuple(v))
+
+    @property
+    def key(self) -> tuple[int, str, int]:
+        return _residual_key(self)
+
+    @property
+    def name(self) -> str:
+        return f"s{self.step}.{self.branch}.u{self.unit}.prefetch"
+
+    def params(self) -> str:
+        where = "" if self.issue is None else f" at=s{self.issue[0]}.{self.issue[1]}.u{self.issue[2]}"
+        return f"key={self.key!r}{where}"
+
+    def order_key(self) -> tuple:
+        step, branch, unit = self.issue if self.issue is not None else (self.step, self.branch, self.unit)
+        return (step, self.phase, _branch_rank(branch), unit, self.sub, self.name)
+
+    def check(self, graph) -> str | None:
+        loads = [v for _, v, d in graph.nx.out_edges(self, data=True) if d["kind"] == PREFETCH]
+        if len(loads) != 1 or not isinstance(loads[0], Load) or loads[0].key != self.key \
+                or (loads[0].step, loads[0].branch, loads[0].unit) != (self.step, self.branch, self.unit):
+            return "a prefetch needs exactly one prefetch edge to the Load of its own cell and key"
+        if self.issue is not None and self.order_key() >= loads[0].order_key():
+            return f"issued at s{self.issue[0]}.{self.issue[1]}.u{self.issue[2]}, not before its load"
+        return None
+
+
+@attrs.frozen
 class Reuse(Node):
     """Unit output = unit input + stored residual; recomputes blocks[start:stop] on a miss."""
 

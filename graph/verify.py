@@ -41,10 +41,9 @@ def verify(graph: Graph) -> Graph:
             raise GraphError(f"data edge {_name(u)} -> {_name(v)} has no port")
         if data["kind"] in GUARDS and not isinstance(u, Decide):
             raise GraphError(f"{_name(v)}: guard edge ({data['kind']}) from {_name(u)}, which is not a Decide")
-    try:
+    cycle = None
+    if not nx.is_directed_acyclic_graph(g):  # linear time; find_cycle only to name the cycle
         cycle = nx.find_cycle(g)
-    except nx.NetworkXNoCycle:
-        cycle = None
     if cycle:
         path = " -> ".join(_name(e[0]) for e in cycle) + f" -> {_name(cycle[0][0])}"
         raise GraphError(f"cycle through {_name(cycle[0][0])}: {path}")

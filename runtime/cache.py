@@ -118,8 +118,9 @@ class CacheController:
     """`pipe.cache`: the bound policy, its per-(branch, unit) states, the residual store, stats, hooks."""
 
     def __init__(self, policy: CachePolicy, *, store: Any, granularity: str | int = "stack",
-                 num_inference_steps: int | None = None, fold: bool = True):
+                 num_inference_steps: int | None = None, fold: bool = True, prefetch: int | None = None):
         self.policy = policy
+        self.prefetch = prefetch  # cells ahead of each residual read (schedule_prefetch), or None
         self.store = store
         self.granularity = granularity
         self.num_inference_steps = num_inference_steps

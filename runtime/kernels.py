@@ -5,7 +5,7 @@ from __future__ import annotations
 import attrs
 import torch
 
-from edit.graph import Decide, Embed, Guide, Head, Input, Load, Merge, Output, Probe, Reuse, Save, Unit, Update
+from edit.graph import Decide, Embed, Guide, Head, Input, Load, Merge, Output, Prefetch, Probe, Reuse, Save, Unit, Update
 from edit.runtime.executor import register_kernel
 from edit.runtime.state import RunState
 from edit.runtime.wan import EmbedOutput
@@ -76,6 +76,13 @@ def run_decide(state: RunState, node: Decide, hidden: torch.Tensor, ctx: EmbedOu
 @register_kernel(Save)
 def run_save(state: RunState, node: Save, input: torch.Tensor, output: torch.Tensor) -> None:
     _cache(state, node).store.put(node.key, output - input)
+
+
+@register_kernel(Prefetch)
+def run_prefetch(state: RunState, node: Prefetch) -> None:
+    prefetch = getattr(_cache(state, node).store, "prefetch", None)
+    if prefetch is not None:  # a store with only put/get has nothing to stage
+        prefetch(node.key)
 
 
 @register_kernel(Load)

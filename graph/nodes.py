@@ -176,12 +176,11 @@ def _residual_key(node) -> tuple[int, str, int]:
 
 
 @attrs.frozen
-class Save(Node):
-    """Store the unit's residual (output - input) under `key` = (generation, branch, unit)."""
+class _ResidualAccess(Node):
+    """Base of the nodes that touch one stored residual: its cell and `key` = (generation, branch, unit)."""
 
-    inputs: ClassVar[tuple[str, ...]] = ("input", "output")
+    suffix: ClassVar[str] = ""
     phase: ClassVar[int] = 1
-    sub: ClassVar[int] = 4
     step: int
     branch: str
     unit: int
@@ -193,37 +192,31 @@ class Save(Node):
 
     @property
     def name(self) -> str:
-        return f"s{self.step}.{self.branch}.u{self.unit}.save"
+        return f"s{self.step}.{self.branch}.u{self.unit}.{self.suffix}"
 
     def params(self) -> str:
         return f"key={self.key!r}"
 
 
 @attrs.frozen
-class Load(Node):
+class Save(_ResidualAccess):
+    """Store the unit's residual (output - input) under `key` = (generation, branch, unit)."""
+
+    inputs: ClassVar[tuple[str, ...]] = ("input", "output")
+    suffix: ClassVar[str] = "save"
+    sub: ClassVar[int] = 4
+
+
+@attrs.frozen
+class Load(_ResidualAccess):
     """Read the residual stored under `key`; None (a miss) makes the reuse recompute the unit.
 
     `generation` older than the run's own marks a read of an earlier generation (cross-segment
     reuse), which needs no `Save` in this graph.
     """
 
-    phase: ClassVar[int] = 1
+    suffix: ClassVar[str] = "load"
     sub: ClassVar[int] = 1
-    step: int
-    branch: str
-    unit: int
-    generation: int = 0
-
-    @property
-    def key(self) -> tuple[int, str, int]:
-        return _residual_key(self)
-
-    @property
-    def name(self) -> str:
-        return f"s{self.step}.{self.branch}.u{self.unit}.load"
-
-    def params(self) -> str:
-        return f"key={self.key!r}"
 
     def check(self, graph) -> str | None:
         own = graph.spec.generation if graph.spec is not None else 0
@@ -236,26 +229,14 @@ class Load(Node):
 
 
 @attrs.frozen
-class Prefetch(Node):
+class Prefetch(_ResidualAccess):
     """Start moving the residual under `key` toward the device ahead of its `Load` (the `prefetch`
     edge), so a slow tier's transfer overlaps compute. `issue` is the (step, branch, unit) cell before
     whose decision it runs: the scheduler's choice, never before the key's latest `Save`."""
 
-    phase: ClassVar[int] = 1
+    suffix: ClassVar[str] = "prefetch"
     sub: ClassVar[int] = -1  # before everything of the issuing cell
-    step: int
-    branch: str
-    unit: int
-    generation: int = 0
     issue: tuple[int, str, int] = attrs.field(default=None, converter=lambda v: None if v is None else tuple(v))
-
-    @property
-    def key(self) -> tuple[int, str, int]:
-        return _residual_key(self)
-
-    @property
-    def name(self) -> str:
-        return f"s{self.step}.{self.branch}.u{self.unit}.prefetch"
 
     def params(self) -> str:
         where = "" if self.issue is None else f" at=s{self.issue[0]}.{self.issue[1]}.u{self.issue[2]}"

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import abc
 import threading
+import time
+from collections.abc import Callable
 from collections import OrderedDict
 from typing import Any, Hashable
 
@@ -112,6 +114,17 @@ class SingleTierStore(CacheStore):
 
     @abc.abstractmethod
     def _remove(self, key: Any) -> bool: ...
+
+    def _copy_in(self, copy: Callable[[], Any]) -> tuple[Any, float] | None:
+        """Run ``copy()`` (outside the lock) and time it; None, counted as rejected, when memory ran out."""
+        start = time.perf_counter()
+        try:
+            value = copy()
+        except torch.OutOfMemoryError:
+            with self._lock:
+                self._counters.rejected += 1
+            return None
+        return value, time.perf_counter() - start
 
     def _insert(self, key: Key, value: Any, nbytes: int, seconds: float) -> None:
         """Record a stored entry (lock held), replacing a concurrent put of the same key that landed

@@ -67,14 +67,10 @@ class CPUStore(SingleTierStore):
         check_tensor(tensor)
         with self._lock:
             self._remove(key)
-        start = time.perf_counter()
-        try:
-            entry = self._copy_to_host(tensor.detach())
-        except torch.OutOfMemoryError:
-            with self._lock:
-                self._counters.rejected += 1
+        copied = self._copy_in(lambda: self._copy_to_host(tensor.detach()))
+        if copied is None:
             return False
-        elapsed = time.perf_counter() - start
+        entry, elapsed = copied
         with self._lock:
             self._insert(key, entry, entry.host.nbytes, elapsed)
         return True

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import torch
@@ -55,14 +54,10 @@ class GPUStore(SingleTierStore):
             if self.budget is not None and tensor.nbytes > self.budget:
                 self._counters.rejected += 1
                 return False
-        start = time.perf_counter()
-        try:
-            held = self._adopt(tensor)
-        except torch.OutOfMemoryError:
-            with self._lock:
-                self._counters.rejected += 1
+        copied = self._copy_in(lambda: self._adopt(tensor))
+        if copied is None:
             return False
-        elapsed = time.perf_counter() - start
+        held, elapsed = copied
         with self._lock:
             self._insert(key, held, held.nbytes, elapsed)
             while self.budget is not None and self._nbytes > self.budget:

@@ -35,25 +35,17 @@ class StoreStats:
         return attrs.asdict(self)
 
 
-@attrs.define
-class Counters:
-    """The mutable counters behind :class:`StoreStats`; guarded by the owning store's lock."""
-
-    puts: int = 0
-    rejected: int = 0
-    hits: int = 0
-    misses: int = 0
-    drops: int = 0
-    evictions: int = 0
-    errors: int = 0
-    prefetches: int = 0
-    prefetch_hits: int = 0
-    late_waits: int = 0
-    transfer_seconds: float = 0.0
-
+class _Snapshot:
     def snapshot(self, entries: int, nbytes: int) -> StoreStats:
         """Freeze the counters together with the store's current size."""
         return StoreStats(entries=entries, nbytes=nbytes, **attrs.asdict(self))
+
+
+#: The mutable counters behind :class:`StoreStats` (its fields less the size ones, so the two cannot
+#: drift apart); guarded by the owning store's lock.
+Counters = attrs.make_class(
+    "Counters", {a.name: attrs.field(default=a.default) for a in attrs.fields(StoreStats)
+                 if a.name not in ("entries", "nbytes")}, bases=(_Snapshot,))
 
 
 @attrs.frozen

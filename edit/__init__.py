@@ -10,16 +10,18 @@
 import importlib
 from typing import Any
 
-from edit import cache  # noqa: F401  (registers the built-in policies)
-
 __all__ = ["EditWanPipeline", "tiny_components", "tiny_pipeline"]
 __version__ = "0.1.0"
 
-#: Loaded on first use, so `import edit.graph` (no model code) does not pay for importing diffusers.
+#: Loaded on first use, so `import edit.graph` / `edit.passes` (no model code) imports neither torch
+#: nor diffusers.
 _LAZY = {"EditWanPipeline": "edit.pipeline", "tiny_components": "edit.tiny", "tiny_pipeline": "edit.tiny"}
+_SUBMODULES = ("cache", "cli", "pipeline", "tiny")
 
 
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"edit.{name}")
     if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value

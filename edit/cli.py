@@ -187,7 +187,7 @@ def generate(args: argparse.Namespace) -> int:
     print("plan (C = computed, S = skipped, R = reused from another generation, ? = decided at run time):")
     print(plan.summary())
     if pipe.cache is not None:
-        print(f"cache: {pipe.cache.policy.describe()}, granularity {pipe.cache.granularity}")
+        print(f"cache: {pipe.cache.policy.describe()}; passes {pipe.cache_pipeline}")
         print(pipe.cache.stats)
     return 0
 

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+import functools
+import hashlib
+import json
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import attrs
 import torch
 from diffusers import WanPipeline
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
@@ -13,8 +17,8 @@ from diffusers.pipelines.wan.pipeline_output import WanPipelineOutput
 from diffusers.utils import logging
 from diffusers.utils.torch_utils import get_module_execution_device
 
-from edit.graph import Graph, RunSpec, Unit, check_granularity, lower
-from edit.passes import PassManager, apply_policy, fold_static, make_policy, regroup, schedule_prefetch
+from edit.graph import Graph, Plan, RunSpec, check_granularity, lower, verify
+from edit.passes import Pipeline, default_pipeline, make_policy
 from edit.runtime import Program, RunState, StepEnd, WanAdapter, compile_program
 from edit.runtime.cache import CacheController
 from edit.runtime.offload import forward_hooks
@@ -45,7 +49,8 @@ class EditWanPipeline(WanPipeline):
                          expand_timesteps=expand_timesteps)
         self._program_cache: tuple[Any, Program] | None = None
         self.cache: CacheController | None = None
-        self.pass_manager: PassManager | None = None
+        self._plan_options: dict[str, Any] | None = None
+        self.pass_records: list = []
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, device: str | torch.device | None = None,
@@ -80,57 +85,74 @@ class EditWanPipeline(WanPipeline):
         if timesteps is None:
             timesteps = self._timesteps(num_inference_steps, "cpu")
         branches = ("cond", "uncond") if guidance_scale > 1.0 else ("cond",)
-        cache = self.cache
         return RunSpec(num_steps=len(timesteps), timesteps=[float(t) for t in timesteps],
                        num_blocks=self.adapter.num_blocks, branches=branches, guidance_scale=guidance_scale,
-                       granularity=cache.granularity if cache else "stack",
-                       generation=cache.generation if cache else 0)
+                       generation=self.cache.generation if self.cache else 0)
 
     def _timesteps(self, num_inference_steps: int, device) -> torch.Tensor:
         scheduler = copy.deepcopy(self.scheduler)
         scheduler.set_timesteps(num_inference_steps, device=device)
         return scheduler.timesteps
 
-    def build_plan(self, spec: RunSpec, signals=None) -> Graph:
-        """Lower `spec`, then the cache passes: regroup -> apply_policy -> fold_static (when the
-        policy's signal is static and `signals`, step -> (e, e0), is given) -> schedule_prefetch (when
-        the cache has a prefetch lead). Verified after each pass."""
-        graph = lower(spec)
-        cache = self.cache
-        if cache is None:
-            return graph
-        passes = [(lambda g: regroup(g, cache.granularity), "regroup"),
-                  (lambda g: apply_policy(g, cache.policy), "apply_policy")]
-        if cache.fold and signals is not None and cache.policy.static_signal:
-            passes.append((lambda g: fold_static(g, cache.policy, signals), "fold_static"))
-        if cache.prefetch is not None:
-            passes.append((lambda g: schedule_prefetch(g, cache.prefetch), "schedule_prefetch"))
-        for fn, name in passes:
-            fn.__name__ = name
-        passes = [fn for fn, _ in passes]
-        self.pass_manager = PassManager(passes, debug=True)
-        return self.pass_manager.run(graph)
+    def plan_pipeline(self, decisions=None) -> Pipeline:
+        """The pass pipeline a call runs: `default_pipeline` from the cache settings (or the
+        pipeline given to `enable_cache(pipeline=...)`), with the fold decisions bound."""
+        options = self._plan_options
+        if self.cache is None or options is None:
+            return default_pipeline()
+        if options["pipeline"] is not None:
+            return Pipeline.parse(str(options["pipeline"]), policy=self.cache.policy, decisions=decisions) \
+                if isinstance(options["pipeline"], str) else _bind(options["pipeline"], decisions)
+        return default_pipeline(granularity=options["granularity"], policy=self.cache.policy, fold=options["fold"],
+                                decisions=decisions, passes=options["passes"], prefetch=options["prefetch"])
 
-    def compile(self, num_inference_steps: int = 50, guidance_scale: float = 5.0, *, height: int = 480,
-                width: int = 832, num_frames: int = 81, batch_size: int = 1) -> Graph:
-        """The plan a call with these settings would run, for inspection, editing and replay.
+    @property
+    def cache_pipeline(self) -> str:
+        """The textual form of the pass pipeline plans are compiled with."""
+        return str(self.plan_pipeline())
+
+    def build_plan(self, spec: RunSpec, signals=None, fingerprint: dict | None = None) -> Plan:
+        """Lower `spec` and run the plan pipeline (`plan_pipeline`); a static policy is folded when
+        `signals` (step -> the adapter's static signals) is given. Verified once at the end (after
+        every pass too in debug mode)."""
+        cache = self.cache
+        decisions = None
+        if cache is not None and signals is not None and getattr(cache.policy, "static_signal", False):
+            decisions = functools.partial(cache.static_decisions, signals=signals)
+        pipeline = self.plan_pipeline(decisions)
+        graph, self.pass_records = pipeline.run(lower(spec))
+        if not pipeline.debug:
+            verify(graph)
+        return Plan.from_graph(graph, pipeline=str(pipeline), fingerprint=fingerprint)
+
+    def pass_report(self) -> str:
+        """What each pass of the last compile did (`PassRecord`s, one line each)."""
+        return "\n".join(str(r) for r in self.pass_records)
+
+    def compile(self, num_inference_steps: int = 50, guidance_scale: float = 5.0, *, prompt: str | None = None,
+                negative_prompt: str | None = None, height: int = 480, width: int = 832, num_frames: int = 81,
+                batch_size: int = 1, num_videos_per_prompt: int = 1) -> Plan:
+        """The plan a call with these settings runs, for inspection, editing and replay.
 
         With a static cache policy the plan is folded: the size and batch are needed to compute
-        the policy's signals exactly as the run will.
+        the policy's signals exactly as the run will. No built-in pass reads the prompt, so the
+        plan is the same for every prompt.
         """
         spec = self.run_spec(num_inference_steps, guidance_scale)
         num_frames, height, width = self._fit_video_size(num_frames, height, width)
-        shape = self._latent_shape(batch_size, num_frames, height, width)
+        if prompt is not None:
+            batch_size = 1 if isinstance(prompt, str) else len(prompt)
+        shape = self._latent_shape(batch_size * num_videos_per_prompt, num_frames, height, width)
         timesteps = self._timesteps(num_inference_steps, self._execution_device)
         with forward_hooks(self.transformer):  # folding evaluates the time embedding
-            return self.build_plan(spec, self._signals(timesteps, shape))
+            return self.build_plan(spec, self._signals(timesteps, shape), self._fingerprint(spec, shape))
 
     def _latent_shape(self, batch: int, num_frames: int, height: int, width: int) -> tuple[int, ...]:
         return (batch, self.transformer.config.in_channels, (num_frames - 1) // self.vae_scale_factor_temporal + 1,
                 height // self.vae_scale_factor_spatial, width // self.vae_scale_factor_spatial)
 
     def _signals(self, timesteps: torch.Tensor, shape: tuple[int, ...]):
-        """step -> (e, e0), computed from the weights and the timestep as the run computes them."""
+        """step -> the adapter's static signals, computed from the weights and the timestep as the run computes them."""
         probe = torch.empty(shape, device=timesteps.device)
         state = RunState(adapter=self.adapter, scheduler=None, timesteps=timesteps, inputs={},
                          expand_timesteps=bool(self.config.expand_timesteps))
@@ -140,17 +162,27 @@ class EditWanPipeline(WanPipeline):
                 return self.adapter.time_signals(state.timestep(step, probe), self.transformer.dtype)
         return signals
 
+    def _fingerprint(self, spec: RunSpec, shape: tuple) -> dict[str, Any]:
+        """What a plan is bound to: the model (class, config, weights), dtype, sizes, steps, guidance."""
+        model = self.transformer
+        return {"model": f"{type(model).__name__}:{_config_digest(model)}", "weights": weights_version(model),
+                "dtype": str(model.dtype), "latent_shape": tuple(shape), "num_steps": spec.num_steps,
+                "timesteps": spec.timesteps, "guidance_scale": spec.guidance_scale, "branches": spec.branches}
+
     # -- caching ------------------------------------------------------------------------------
     def enable_cache(self, policy: Any = "teacache", *, num_inference_steps: int | None = None,
                      granularity: str | int = "stack", store: Any = None, fold: bool = True,
-                     prefetch: int | None = None, **policy_kwargs: Any) -> CacheController:
+                     prefetch: int | None = None, passes: Sequence[Any] = (), pipeline: Pipeline | str | None = None,
+                     **policy_kwargs: Any) -> CacheController:
         """Turn on step caching with `policy` (a registered name, a CachePolicy subclass or instance).
 
-        `granularity`: "stack", "per_block" or an int k (units of k blocks). `store`: where residuals
-        live (default: a GPUStore on the execution device). `fold`: evaluate static policies
-        (TeaCache) at compile time into a fixed schedule. `prefetch`: issue every residual read this
-        many cells (step, branch, unit) ahead (`edit.passes.schedule_prefetch`; see `prefetch_lead`),
-        so a CPU/disk tier's transfer overlaps compute. Returns `pipe.cache`.
+        Plan settings are the parameters of the passes in `edit.passes.default_pipeline`:
+        `granularity` ("stack", "per_block" or an int k: units of k blocks), `fold` (evaluate static
+        policies such as TeaCache at compile time into a fixed schedule), `passes` (user passes,
+        run after the policy is applied and folded, before prefetches are placed), `prefetch`
+        (issue every residual read this many cells ahead; see `prefetch_lead`). `pipeline` (a
+        `Pipeline` or its text) replaces the default pipeline. `store`: where residuals live
+        (default: a GPUStore on the execution device). Returns `pipe.cache`.
         """
         policy = make_policy(policy, **policy_kwargs)
         if prefetch is not None and (isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 1):
@@ -159,14 +191,24 @@ class EditWanPipeline(WanPipeline):
         if num_inference_steps is not None and (isinstance(num_inference_steps, bool) or
                                                 not isinstance(num_inference_steps, int) or num_inference_steps < 1):
             raise ValueError(f"num_inference_steps: expected an int >= 1 or None, got {num_inference_steps!r}")
+        passes = tuple(passes)
+        for p in passes:
+            if not callable(p):
+                raise TypeError(f"passes: expected passes (callables Graph -> Graph), got {type(p).__name__}")
+        if pipeline is not None:
+            if isinstance(pipeline, str):
+                Pipeline.parse(pipeline, policy=policy)  # refuse bad text now, not at the first call
+            elif not isinstance(pipeline, Pipeline):
+                raise TypeError(f"pipeline: expected an edit.passes.Pipeline or its text, got {type(pipeline).__name__}")
         if store is None:
             from edit.runtime.store import GPUStore
             store = GPUStore(device=self._execution_device)
         for method in ("put", "get"):
             if not callable(getattr(store, method, None)):
                 raise TypeError(f"store: expected a CacheStore (put/get), got {type(store).__name__}")
-        self.cache = CacheController(policy, store=store, granularity=granularity,
-                                     num_inference_steps=num_inference_steps, fold=bool(fold), prefetch=prefetch)
+        self.cache = CacheController(policy, store=store)
+        self._plan_options = dict(granularity=granularity, fold=bool(fold), prefetch=prefetch, passes=passes,
+                                  pipeline=pipeline, num_inference_steps=num_inference_steps)
         self._program_cache = None
         return self.cache
 
@@ -175,28 +217,36 @@ class EditWanPipeline(WanPipeline):
         if self.cache is not None and self.cache.store is not None:
             self.cache.store.clear()
         self.cache = None
+        self._plan_options = None
         self._program_cache = None
 
     def _program(self, spec: RunSpec, plan: Graph | None, timesteps: torch.Tensor, shape: tuple) -> Program:
+        fingerprint = self._fingerprint(spec, shape)
         if plan is not None:
-            self._check_plan(plan, spec)
+            self._check_plan(plan, spec, fingerprint)
             return compile_program(plan)
         cache = self.cache
-        key = (spec, tuple(shape), self.transformer.dtype, id(cache), cache and (cache.policy, cache.fold, cache.prefetch))
+        key = (spec, tuple(shape), fingerprint["dtype"], id(self.transformer), fingerprint["weights"], id(cache),
+               cache and cache.hook_version())
         if self._program_cache is None or self._program_cache[0] != key:
-            self._program_cache = (key, compile_program(self.build_plan(spec, self._signals(timesteps, shape))))
+            plan = self.build_plan(spec, self._signals(timesteps, shape), fingerprint)
+            self._program_cache = (key, compile_program(plan, check=False))
         return self._program_cache[1]
 
     @staticmethod
-    def _check_plan(plan: Graph, spec: RunSpec) -> None:
+    def _check_plan(plan: Graph, spec: RunSpec, fingerprint: dict[str, Any]) -> None:
         if not isinstance(plan, Graph):
-            raise TypeError(f"plan: expected an edit.graph.Graph (from pipe.compile), got {type(plan).__name__}")
+            raise TypeError(f"plan: expected an edit.graph.Plan (from pipe.compile), got {type(plan).__name__}")
         got = plan.spec
         if got is None:
             raise ValueError("plan: the graph has no RunSpec; build it with pipe.compile or edit.graph.lower")
-        for field in ("num_steps", "branches", "num_blocks", "timesteps"):
+        if isinstance(plan, Plan):
+            problem = plan.mismatch(fingerprint)
+            if problem:
+                raise ValueError(f"plan: {problem}; compile a plan for this call (pipe.compile)")
+        for field in ("num_steps", "branches", "num_blocks", "timesteps", "guidance_scale"):
             if getattr(got, field) != getattr(spec, field):
-                raise ValueError(f"plan: its {field} {getattr(got, field)!r} does not match this call's "
+                raise ValueError(f"plan: {field}: the plan was compiled for {getattr(got, field)!r}, this call has "
                                  f"{getattr(spec, field)!r}")
 
     # -- the call -----------------------------------------------------------------------------
@@ -269,8 +319,9 @@ class EditWanPipeline(WanPipeline):
         self.scheduler.set_begin_index(0)
 
         cache = self.cache
-        if cache is not None and cache.num_inference_steps not in (None, num_inference_steps):
-            raise ValueError(f"num_inference_steps: the cache was enabled for {cache.num_inference_steps} steps, "
+        enabled_for = (self._plan_options or {}).get("num_inference_steps")
+        if cache is not None and enabled_for not in (None, num_inference_steps):
+            raise ValueError(f"num_inference_steps: the cache was enabled for {enabled_for} steps, "
                              f"this call asks for {num_inference_steps}")
         spec = self.run_spec(num_inference_steps, guidance_scale, timesteps)
         inputs = {"latents": latents, "text.cond": prompt_embeds}
@@ -279,9 +330,10 @@ class EditWanPipeline(WanPipeline):
 
         with forward_hooks(self.transformer):  # offloading hooks: the run stands in for its forwards
             program = self._program(spec, plan, timesteps, tuple(latents.shape))
+            if program.has_cells and cache is None:
+                raise ValueError("plan: it has cache cells; enable a cache (pipe.enable_cache) to run it")
             if cache is not None:
-                units = {n.unit for n in program.graph.nx.nodes if isinstance(n, Unit)}
-                cache.begin_run(len(timesteps), len(units))
+                cache.begin_run(len(timesteps), program.num_units)
             with self.progress_bar(total=num_inference_steps) as progress_bar, self._lora_scale(attention_kwargs):
                 state = self.make_run_state(program, inputs, timesteps, progress_bar, num_inference_steps,
                                             callback_on_step_end, callback_on_step_end_tensor_inputs)
@@ -373,6 +425,28 @@ class EditWanPipeline(WanPipeline):
                 if USE_PEFT_BACKEND:
                     unscale_lora_layers(self.transformer, scale)
         return scaled()
+
+
+def weights_version(model: torch.nn.Module) -> tuple[int, int, int]:
+    """(id of the model, the sum of its parameters' version counters, where its first weight lives):
+    cheap, and it changes when the weights are replaced in place (`load_state_dict`, `copy_`), moved,
+    or the model is another object."""
+    params = list(model.parameters())
+    return id(model), sum(p._version for p in params), params[0].data_ptr() if params else 0
+
+
+def _config_digest(model: torch.nn.Module) -> str:
+    config = dict(getattr(model, "config", {}) or {})
+    text = json.dumps({k: v for k, v in sorted(config.items()) if not k.startswith("_")}, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def _bind(pipeline: Pipeline, decisions) -> Pipeline:
+    """`pipeline` with `decisions` bound into its fold_static passes."""
+    from edit.passes import FoldStatic
+
+    return Pipeline([attrs.evolve(p, decisions=decisions) if isinstance(p, FoldStatic) else p
+                     for p in pipeline.passes], debug=pipeline.debug)
 
 
 def _realign(module: torch.nn.Module, alignment: int = 64) -> None:

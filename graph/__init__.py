@@ -12,15 +12,17 @@ step  cond    uncond
 
 from edit.graph.core import Graph, same_structure
 from edit.graph.lower import lower
-from edit.graph.nodes import (BRANCHES, COMPUTE, DATA, EDGE_KINDS, GUARDS, PREFETCH, REUSE, SKIP, Decide, Embed,
-                              Guide, Head, Input, Load, Merge, Node, Output, Prefetch, Probe, Reuse, Save, Unit, Update)
+from edit.graph.nodes import (BRANCHES, CELL_MODES, COMPUTE, DATA, DECIDE, DEFAULT_MODEL, EDGE_KINDS, PREFETCH,
+                              REUSE, REUSE_MODE, Cell, Embed, Guide, Head, Input, Node, Output, Prefetch, Probe, Unit,
+                              Update, residual_key)
 from edit.graph.draw import LEVELS, render, to_dot
+from edit.graph.plan import Plan
 from edit.graph.spec import GRANULARITIES, RunSpec, check_granularity, unit_ranges
 from edit.graph.verify import GraphError, verify
 
 __all__ = [
-    "BRANCHES", "COMPUTE", "DATA", "EDGE_KINDS", "GRANULARITIES", "GUARDS", "LEVELS", "PREFETCH", "REUSE", "SKIP",
-    "Decide", "Embed", "Graph", "GraphError", "Guide", "Head", "Input", "Load", "Merge", "Node", "Output", "Prefetch", "Probe",
-    "Reuse", "RunSpec", "Save", "Unit", "Update",
-    "check_granularity", "lower", "render", "same_structure", "to_dot", "unit_ranges", "verify",
+    "BRANCHES", "CELL_MODES", "COMPUTE", "DATA", "DECIDE", "DEFAULT_MODEL", "EDGE_KINDS", "GRANULARITIES", "LEVELS",
+    "PREFETCH", "REUSE", "REUSE_MODE", "Cell", "Embed", "Graph", "GraphError", "Guide", "Head", "Input", "Node",
+    "Output", "Plan", "Prefetch", "Probe", "RunSpec", "Unit", "Update",
+    "check_granularity", "lower", "render", "residual_key", "same_structure", "to_dot", "unit_ranges", "verify",
 ]

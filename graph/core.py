@@ -1,34 +1,61 @@
-"""`Graph`: a typed dataflow graph of node records over a networkx MultiDiGraph."""
+"""`Graph`: a typed dataflow graph of node records over a networkx MultiDiGraph.
+
+The graph keeps, exact through its own methods, a cached execution order and indexes by name, by
+(kind, step) and by residual key, so queries cost O(answer) rather than O(graph). Passes edit a
+graph only through these methods (never `graph.nx` directly), which is what keeps them exact.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import bisect
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import networkx as nx
 
-from edit.graph.nodes import DATA, EDGE_KINDS, Node
+from edit.graph.nodes import COMPUTE, DATA, EDGE_KINDS, REUSE_MODE, Cell, Node
 from edit.graph.spec import RunSpec
+
+
+def _cell_group(cell: Cell) -> tuple:
+    return (cell.model, cell.generation, cell.branch, cell.unit)
 
 
 class Graph:
     """A denoising run as a dataflow graph.
 
-    Nodes are `Node` records; each edge has a `kind` (data / skip / reuse / prefetch), the
-    consumer's input `port`, and optionally `select`, the attribute of the producer's value it
-    carries (e.g. the patch-embedded `hidden` of an `Embed`). Execution order is a deterministic
-    topological order (`Graph.order`).
+    Nodes are `Node` records; each edge has a `kind` (data / prefetch), the consumer's input
+    `port`, and optionally `select`, the attribute of the producer's value it carries (e.g. the
+    patch-embedded `hidden` of an `Embed`). Execution order is a deterministic topological order
+    (`Graph.order`), ties broken by diffusers' execution order.
     """
 
-    def __init__(self, spec: RunSpec | None = None, nx_graph: nx.MultiDiGraph | None = None):
+    def __init__(self, spec: RunSpec | None = None):
         self.spec = spec
-        self.nx = nx_graph if nx_graph is not None else nx.MultiDiGraph()
+        self.nx = nx.MultiDiGraph()
+        self._order: list[Node] | None = None
+        self._order_signature = (0, 0)
+        self._by_name: dict[str, Node] = {}
+        self._by_step: dict[tuple[type, int | None], list[Node]] = {}
+        self._cells: dict[tuple, list[Cell]] = {}  # residual group -> cells sorted by step
 
     # -- construction -------------------------------------------------------------------------
     def add_node(self, node: Node) -> Node:
+        """Add a record; a different record with the same printed name is refused."""
         if not isinstance(node, Node):
-            raise TypeError(f"node: expected a edit.graph Node record, got {type(node).__name__}")
-        self.nx.add_node(node, record=True)
+            raise TypeError(f"node: expected an edit.graph Node record, got {type(node).__name__}")
+        if node in self.nx:
+            return node
+        other = self._by_name.get(node.name)
+        if other is not None:
+            raise ValueError(f"node: %{node.name} is already in the graph as another record ({other!r})")
+        self.nx.add_node(node)
+        self._by_name[node.name] = node
+        self._by_step.setdefault((type(node), getattr(node, "step", None)), []).append(node)
+        if isinstance(node, Cell):
+            group = self._cells.setdefault(_cell_group(node), [])
+            bisect.insort(group, node, key=lambda c: c.step)
+        self._order = None
         return node
 
     def add_edge(self, src: Node, dst: Node, *, kind: str = DATA, port: str | None = None,
@@ -39,13 +66,64 @@ class Graph:
         for end, what in ((src, "src"), (dst, "dst")):
             if end not in self.nx:
                 raise ValueError(f"{what}: {getattr(end, 'name', end)!r} is not a node of the graph")
+        if kind == DATA and not port:
+            raise ValueError(f"port: a data edge %{src.name} -> %{dst.name} needs the consumer's port")
         self.nx.add_edge(src, dst, kind=kind, port=port, select=select)
+        self._order = None
+
+    def remove_edge(self, src: Node, dst: Node, *, kind: str | None = None, port: str | None = None) -> None:
+        """Remove the edges src -> dst (of `kind` / into `port` when given); at least one must exist."""
+        data = self.nx.get_edge_data(src, dst) or {}
+        keys = [k for k, d in data.items() if (kind is None or d["kind"] == kind) and (port is None or d["port"] == port)]
+        if not keys:
+            raise ValueError(f"edge: no edge %{src.name} -> %{dst.name}" + (f" of kind {kind}" if kind else "")
+                             + (f" into port {port!r}" if port else ""))
+        for k in keys:
+            self.nx.remove_edge(src, dst, key=k)
+        self._order = None
 
     def remove_node(self, node: Node) -> None:
+        if node not in self.nx:
+            raise ValueError(f"node: %{getattr(node, 'name', node)} is not in the graph")
         self.nx.remove_node(node)
+        del self._by_name[node.name]
+        bucket = self._by_step[(type(node), getattr(node, "step", None))]
+        bucket.remove(node)
+        if isinstance(node, Cell):
+            self._cells[_cell_group(node)].remove(node)
+        self._order = None
+
+    def replace_node(self, old: Node, new: Node) -> Node:
+        """Swap a record for another (e.g. an `attrs.evolve`d one) keeping all its edges."""
+        ins = list(self.nx.in_edges(old, data=True))
+        outs = list(self.nx.out_edges(old, data=True))
+        self.remove_node(old)
+        self.add_node(new)
+        for u, _, d in ins:
+            self.nx.add_edge(u, new, **d)
+        for _, v, d in outs:
+            self.nx.add_edge(new, v, **d)
+        return new
+
+    def replace_all_uses_with(self, old: Node, new: Node) -> None:
+        """Every edge leaving `old` leaves `new` instead (as torch.fx's `Node.replace_all_uses_with`)."""
+        if new not in self.nx:
+            raise ValueError(f"new: %{new.name} is not a node of the graph")
+        for _, v, d in list(self.nx.out_edges(old, data=True)):
+            self.nx.add_edge(new, v, **d)
+        for v in list(self.nx.successors(old)):
+            self.nx.remove_edges_from([(old, v, k) for k in list(self.nx[old][v])])
+        self._order = None
 
     def copy(self) -> Graph:
-        return Graph(self.spec, self.nx.copy())
+        new = Graph.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new.nx = self.nx.copy()
+        new._by_name = dict(self._by_name)
+        new._by_step = {k: list(v) for k, v in self._by_step.items()}
+        new._cells = {k: list(v) for k, v in self._cells.items()}
+        new._order = None if self._order is None else list(self._order)
+        return new
 
     # -- queries ------------------------------------------------------------------------------
     def __contains__(self, node: object) -> bool:
@@ -57,9 +135,69 @@ class Graph:
     def __iter__(self) -> Iterator[Node]:
         return iter(self.order())
 
+    def node(self, name: str) -> Node:
+        """The node printed as `%name` (with or without the `%`)."""
+        found = self._by_name.get(name.lstrip("%"))
+        if found is None:
+            raise KeyError(f"name: no node %{name.lstrip('%')} in the graph")
+        return found
+
     def nodes(self, kind: type | tuple[type, ...] = Node) -> list[Node]:
         """Nodes that are instances of `kind`, in execution order."""
-        return [n for n in self.order() if isinstance(n, kind)]
+        if kind is Node:
+            return self.order()
+        return sorted(self._of_kind(kind, None, False), key=Node.order_key)
+
+    def _of_kind(self, kind: type | tuple[type, ...], step: int | None, by_step: bool) -> Iterable[Node]:
+        for (cls, s), bucket in self._by_step.items():
+            if issubclass(cls, kind) and (not by_step or s == step):
+                yield from bucket
+
+    def find(self, kind: type | tuple[type, ...] = Node, **fields: Any) -> list[Node]:
+        """Nodes of `kind` whose fields equal `fields`, e.g. `g.find(Cell, step=3, branch="cond")`,
+        in execution order."""
+        found = self._of_kind(kind, fields.get("step"), "step" in fields)
+        missing = object()
+        return sorted((n for n in found if all(getattr(n, k, missing) == v for k, v in fields.items())),
+                      key=Node.order_key)
+
+    def cells(self, group: tuple | None = None) -> list[Cell]:
+        """Cells in execution order; with `group` = (model, generation, branch, unit), that unit's cells by step."""
+        if group is not None:
+            return list(self._cells.get(group, ()))
+        return self.nodes(Cell)
+
+    def cell_at(self, step: int, branch: str, unit: int, model: str | None = None) -> Cell | None:
+        node = self._by_name.get(f"s{step}.{branch}.u{unit}")
+        if isinstance(node, Cell) and (model is None or node.model == model):
+            return node
+        return None
+
+    def previous_cell(self, cell: Cell) -> Cell | None:
+        """The cell of the same unit at the closest earlier step."""
+        group = self._cells.get(_cell_group(cell), [])
+        i = bisect.bisect_left(group, cell.step, key=lambda c: c.step)
+        return group[i - 1] if i > 0 else None
+
+    def latest_writer(self, cell: Cell, key: tuple | None = None) -> Cell | None:
+        """The last cell before `cell` that writes `key` (default: the unit's latest-residual key)."""
+        if key is not None and key != cell.key:  # a pinned step key: only its own step writes it
+            src = self.cell_at(key[-1], cell.branch, cell.unit, cell.model)
+            return src if src is not None and src.step < cell.step else None
+        group = self._cells.get(_cell_group(cell), [])
+        i = bisect.bisect_left(group, cell.step, key=lambda c: c.step)
+        for earlier in reversed(group[:i]):
+            if earlier.mode != REUSE_MODE:
+                return earlier
+        return None
+
+    def read_key(self, cell: Cell) -> tuple:
+        """The store key the reuse path of `cell` reads."""
+        if cell.source is not None:
+            src = self.cell_at(cell.source, cell.branch, cell.unit, cell.model)
+            if src is not None and src.pin and src.mode == COMPUTE:
+                return src.pin_key
+        return cell.key
 
     def edges(self, kind: str | None = None) -> list[tuple[Node, Node, dict[str, Any]]]:
         return [(u, v, d) for u, v, d in self.nx.edges(data=True) if kind is None or d["kind"] == kind]
@@ -70,6 +208,9 @@ class Graph:
                  if kind is None or d["kind"] == kind]
         return sorted(found, key=lambda item: (item[1].get("port") or "", item[0].name))
 
+    def out_edges(self, node: Node, kind: str | None = None) -> list[tuple[Node, dict[str, Any]]]:
+        return [(v, d) for _, v, d in self.nx.out_edges(node, data=True) if kind is None or d["kind"] == kind]
+
     def inputs_of(self, node: Node) -> dict[str, tuple[Node, str | None]]:
         """Data inputs of `node` by port: port -> (producer, select)."""
         return {d["port"]: (u, d.get("select")) for u, d in self.in_edges(node, DATA)}
@@ -79,13 +220,13 @@ class Graph:
                        if kind is None or d["kind"] == kind}, key=Node.order_key)
 
     def order(self) -> list[Node]:
-        """Deterministic topological order; ties follow diffusers' execution order."""
-        return list(nx.lexicographical_topological_sort(self.nx, key=_sort_key))
-
-    def find(self, kind: type, **fields: Any) -> list[Node]:
-        """Nodes of `kind` whose fields equal `fields`, e.g. `g.find(Unit, step=3, branch="cond")`."""
-        return [n for n in self.nodes(kind)
-                if all(getattr(n, k, object()) == v for k, v in fields.items())]
+        """Deterministic topological order; ties follow diffusers' execution order. Cached until
+        the next edit."""
+        signature = (self.nx.number_of_nodes(), self.nx.number_of_edges())
+        if self._order is None or self._order_signature != signature:  # also catches edits made on .nx
+            self._order = list(nx.lexicographical_topological_sort(self.nx, key=_sort_key))
+            self._order_signature = signature
+        return list(self._order)
 
     # -- views --------------------------------------------------------------------------------
     def to_text(self) -> str:
@@ -97,7 +238,7 @@ class Graph:
         return summary(self)
 
     def __repr__(self) -> str:
-        return f"<Graph {len(self)} nodes, {self.nx.number_of_edges()} edges>"
+        return f"<{type(self).__name__} {len(self)} nodes, {self.nx.number_of_edges()} edges>"
 
 
 def _sort_key(node: Any) -> tuple:
@@ -112,4 +253,3 @@ def same_structure(a: Graph, b: Graph) -> bool:
     def edge_set(g: Graph) -> set:
         return {(u, v, d["kind"], d.get("port"), d.get("select")) for u, v, d in g.edges()}
     return set(a.nx.nodes) == set(b.nx.nodes) and edge_set(a) == edge_set(b)
-

@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 import graphviz
 
-from edit.graph.nodes import (COMPUTE, DATA, PREFETCH, REUSE, SKIP, Decide, Embed, Guide, Head, Input, Load, Merge,
-                              Node, Output, Prefetch, Probe, Reuse, Save, Unit, Update)
-from edit.graph.text import cell_states
+from edit.graph.nodes import (DATA, PREFETCH, REUSE, REUSE_MODE, Cell, Embed, Guide, Head, Input, Node, Output,
+                              Prefetch, Probe, Unit, Update)
+from edit.graph.text import cell_state, cell_states
 
 if TYPE_CHECKING:
     from edit.graph.core import Graph
@@ -35,8 +35,7 @@ FORMATS = ("dot", "svg", "png", "pdf")
 #: Fill colour and line style of a cell by state.
 CELL_STYLE = {"C": ("#b7e4c7", "solid"), "S": ("#e9ecef", "dashed"), "R": ("#d0bfff", "dashed"),
               "?": ("#ffd8a8", "solid")}
-EDGE_STYLE = {DATA: {}, COMPUTE: dict(color="#2b8a3e", style="dotted", label="compute"),
-              SKIP: dict(color="#c92a2a", style="dotted", label="skip"),
+EDGE_STYLE = {DATA: {},
               REUSE: dict(color="#1c7ed6", style="dashed", constraint="false"),
               PREFETCH: dict(color="#9c36b5", style="dashed", constraint="false")}
 NODE_STYLE: dict[type, dict[str, str]] = {
@@ -45,14 +44,10 @@ NODE_STYLE: dict[type, dict[str, str]] = {
     Head: dict(shape="box", style="rounded,filled", fillcolor="#d0ebff"),
     Probe: dict(shape="box", style="filled", fillcolor="#fff3bf"),
     Unit: dict(shape="box", style="filled", fillcolor=CELL_STYLE["C"][0]),
-    Reuse: dict(shape="box", style="dashed,filled", fillcolor=CELL_STYLE["S"][0]),
-    Decide: dict(shape="diamond", style="filled", fillcolor=CELL_STYLE["?"][0]),
-    Save: dict(shape="cylinder"), Load: dict(shape="cylinder"),
     Prefetch: dict(shape="cds", style="filled", fillcolor="#eebefa"),
-    Merge: dict(shape="circle", width="0.15", label=""),
     Guide: dict(shape="ellipse"), Update: dict(shape="ellipse"),
 }
-_CELL_KINDS = (Unit, Decide, Save, Load, Reuse, Merge)  # a Prefetch stays apart: it runs in another cell
+_CELL_KINDS = (Unit, Cell)  # a Prefetch stays apart: it runs in another cell
 
 
 def _check(graph: Any, level: str, steps: Iterable[int] | None) -> set[int] | None:
@@ -109,12 +104,15 @@ def _attributes(key: tuple, members: list[Node], cells: dict[tuple[int, str, int
         params = node.params()
         attrs = {"label": f"{node.name}\\n{node.op}" + (f" {params}" if params and len(params) < 40 else "")}
         attrs.update(NODE_STYLE.get(type(node), {}))
+        if isinstance(node, Cell):
+            fill, line = CELL_STYLE[cell_state(node)]
+            attrs.update(shape="box", style=f"filled,{line}", fillcolor=fill)
         return attrs
     if kind == "cell":
         _, step, branch, unit = key
         state = cells.get((step, branch, unit), "C")
         fill, line = CELL_STYLE[state]
-        blocks = next((m.blocks for m in members if isinstance(m, (Unit, Reuse))), None)
+        blocks = next((m.blocks for m in members if isinstance(m, (Unit, Cell))), None)
         span = f" blocks {blocks[0]}:{blocks[1]}" if blocks else ""
         return dict(label=f"u{unit}{span}\\n{state}", shape="box", style=f"filled,{line}", fillcolor=fill)
     if kind == "branch":
@@ -178,6 +176,11 @@ def _edges(graph: Graph, level: str, drawn: dict[Node, tuple], rank: dict[Node, 
     # At the coarse levels the text embeddings feed every step: draw those edges into the first step only.
     first = min((n.step for n in drawn if getattr(n, "step", None) is not None), default=None)
     edges = [(src, dst, data) for src, dst, data in graph.nx.edges(data=True) if src in drawn and dst in drawn]
+    for cell in [n for n in drawn if isinstance(n, Cell) and n.mode != "compute"]:  # reuse: from the residual's writer
+        source = (graph.cell_at(cell.source, cell.branch, cell.unit, cell.model) if cell.mode == REUSE_MODE
+                  and cell.source is not None else graph.latest_writer(cell))
+        if source is not None and source in drawn:
+            edges.append((source, cell, {"kind": REUSE, "port": None}))
     out: list[tuple[str, str, str]] = []
     seen: set[tuple[str, str, str]] = set()
     for src, dst, data in sorted(edges, key=lambda e: (rank[e[1]], rank[e[0]], e[2]["kind"], e[2].get("port") or "")):

@@ -17,19 +17,19 @@ def lower(spec: RunSpec) -> Graph:
     g = Graph(spec)
     latents: Node = g.add_node(Input("latents"))
     texts = {b: g.add_node(Input(f"text.{b}")) for b in spec.branches}
-    for step, t in enumerate(spec.timesteps):
+    for step in range(spec.num_steps):
         heads = {}
         for branch in spec.branches:
-            embed = g.add_node(Embed(step, branch))
+            embed = g.add_node(Embed(step, branch, spec.model))
             g.add_edge(latents, embed, port="latents")
             g.add_edge(texts[branch], embed, port="text")
             hidden, select = embed, "hidden"
             for index, blocks in enumerate(spec.units()):
-                unit = g.add_node(Unit(step, branch, index, blocks))
+                unit = g.add_node(Unit(step, branch, index, blocks, spec.model))
                 g.add_edge(hidden, unit, port="hidden", select=select)
                 g.add_edge(embed, unit, port="ctx")
                 hidden, select = unit, None
-            head = g.add_node(Head(step, branch))
+            head = g.add_node(Head(step, branch, spec.model))
             g.add_edge(hidden, head, port="hidden")
             g.add_edge(embed, head, port="ctx")
             heads[branch] = head
@@ -39,7 +39,7 @@ def lower(spec: RunSpec) -> Graph:
             g.add_edge(heads["uncond"], noise, port="uncond")
         else:
             noise = heads["cond"]
-        update = g.add_node(Update(step, t))
+        update = g.add_node(Update(step))
         g.add_edge(noise, update, port="noise")
         g.add_edge(latents, update, port="latents")
         latents = update

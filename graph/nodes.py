@@ -1,24 +1,42 @@
 """Node records of the EDiT IR.
 
-Every node is a frozen attrs record identified by its fields (step, branch, unit, generation, ...),
-never by a nested structure: neighbours are edges of the `Graph`. Records are hashable, so the
-record itself is the networkx node.
+Every node is a frozen attrs record identified by its fields (step, branch, unit, model, ...), never
+by a nested structure: neighbours are edges of the `Graph`. Records are hashable, so the record
+itself is the networkx node. Every field a record prints is one its kernel honours.
+
+A cached unit is one structured region, a `Cell` (like `cond` in a jaxpr): its decision and its two
+paths — compute (run the blocks, save the residual) and reuse (load the residual and add it,
+recomputing on a store miss) — live in the one record, so the executor frees values after the cell
+whichever path ran.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import attrs
+
+if TYPE_CHECKING:
+    from edit.graph.core import Graph
 
 #: CFG branch names, as diffusers' cache contexts call them.
 BRANCHES = ("cond", "uncond")
 
-#: Edge kinds. `compute`/`skip` edges leave a `Decide` and guard the two paths; `reuse` links a
-#: residual's `Save` to the `Load` that reads it; `prefetch` links a `Prefetch` to its `Load`.
-DATA, COMPUTE, SKIP, REUSE, PREFETCH = "data", "compute", "skip", "reuse", "prefetch"
-EDGE_KINDS = (DATA, COMPUTE, SKIP, REUSE, PREFETCH)
-GUARDS = (COMPUTE, SKIP)
+#: The model id of a single-transformer pipeline; records of another model (Wan2.2's second
+#: expert) carry their own id, and so do their residual keys.
+DEFAULT_MODEL = "transformer"
+
+#: Edge kinds: `data` carries a value into a port; `prefetch` ties a `Prefetch` to the cell whose
+#: read it stages. (`reuse` only names the drawn edge from a residual's source cell to its reader.)
+DATA, PREFETCH, REUSE = "data", "prefetch", "reuse"
+EDGE_KINDS = (DATA, PREFETCH)
+
+#: Cell modes: always compute, always reuse (a static schedule), or ask the policy at run time.
+COMPUTE, REUSE_MODE, DECIDE = "compute", "reuse", "decide"
+CELL_MODES = (COMPUTE, REUSE_MODE, DECIDE)
+
+#: What the embed step yields; a data edge may `select` one of these.
+EMBED_OUTPUTS = ("hidden", "e", "e0", "encoder_hidden", "rotary", "grid")
 
 
 def _branch_rank(branch: str | None) -> int:
@@ -27,18 +45,24 @@ def _branch_rank(branch: str | None) -> int:
     return BRANCHES.index(branch) if branch in BRANCHES else len(BRANCHES)
 
 
+def _model_suffix(model: str) -> str:
+    return "" if model == DEFAULT_MODEL else f" model={model}"
+
+
 @attrs.frozen(order=False)
 class Node:
     """Base of every node record.
 
-    `inputs` names the data ports a node must receive (the verifier checks them); `phase` orders
-    node kinds inside one (step, branch) for the deterministic topological order.
+    `inputs` names the data ports a node must receive, `optional` those it may receive, `outputs`
+    the attributes of its value a data edge may `select` (the verifier checks all three); `phase`
+    and `sub` order node kinds inside one step and one cell for the deterministic order.
     """
 
     inputs: ClassVar[tuple[str, ...]] = ()
     optional: ClassVar[tuple[str, ...]] = ()
+    outputs: ClassVar[tuple[str, ...]] = ()
     phase: ClassVar[int] = 0
-    sub: ClassVar[int] = 0  # order inside one unit: decide, load, reuse, unit, save, merge
+    sub: ClassVar[int] = 0
 
     @property
     def name(self) -> str:
@@ -54,7 +78,11 @@ class Node:
         """Static attributes that are not part of the node's identity, printed after the args."""
         return ""
 
-    def check(self, graph) -> str | None:
+    def region(self) -> list[str]:
+        """Lines of a nested region (a cell's paths), printed indented under the node."""
+        return []
+
+    def check(self, graph: Graph) -> str | None:
         """Kind-specific verifier rule; returns a problem description or None."""
         return None
 
@@ -87,224 +115,202 @@ class Input(Node):
 
 @attrs.frozen
 class Embed(Node):
-    """Non-block work before the stack: patch embedding, RoPE, time and text condition embedding."""
+    """Non-block work before the stack: patch embedding, RoPE, time and text condition embedding.
+
+    `branch` selects the diffusers cache context (`transformer.cache_context(branch)`) the
+    branch's nodes run in.
+    """
 
     inputs: ClassVar[tuple[str, ...]] = ("latents", "text")
+    outputs: ClassVar[tuple[str, ...]] = EMBED_OUTPUTS
     phase: ClassVar[int] = 1
     step: int
     branch: str
+    model: str = DEFAULT_MODEL
 
     @property
     def name(self) -> str:
         return f"s{self.step}.{self.branch}.embed"
 
+    def params(self) -> str:
+        return _model_suffix(self.model).strip()
+
 
 @attrs.frozen
-class Unit(Node):
-    """One cache unit: blocks[start:stop] of the transformer stack."""
+class _Blocks(Node):
+    """Base of the nodes that run blocks[start:stop] of one model."""
 
     inputs: ClassVar[tuple[str, ...]] = ("hidden", "ctx")
     phase: ClassVar[int] = 1
-    sub: ClassVar[int] = 3
     step: int
     branch: str
+
+    def params(self) -> str:
+        return f"blocks={self.blocks[0]}:{self.blocks[1]}" + _model_suffix(self.model)
+
+
+@attrs.frozen
+class Unit(_Blocks):
+    """One uncached block group: blocks[start:stop] of the transformer stack, always computed."""
+
+    sub: ClassVar[int] = 3
     unit: int
     blocks: tuple[int, int] = attrs.field(converter=tuple)
+    model: str = DEFAULT_MODEL
 
     @property
     def name(self) -> str:
         return f"s{self.step}.{self.branch}.u{self.unit}"
 
-    def params(self) -> str:
-        return f"blocks={self.blocks[0]}:{self.blocks[1]}"
-
-    def cell_state(self, graph) -> tuple[tuple[int, str, int], str]:
-        return (self.step, self.branch, self.unit), "C"
-
 
 @attrs.frozen
-class Probe(Node):
+class Probe(_Blocks):
     """First-Block-Cache probe: block 0 always runs; yields its output and residual (out0 - x)."""
 
-    inputs: ClassVar[tuple[str, ...]] = ("hidden", "ctx")
-    phase: ClassVar[int] = 1
+    outputs: ClassVar[tuple[str, ...]] = ("hidden", "residual")
     unit: ClassVar[int] = -1
-    step: int
-    branch: str
     blocks: tuple[int, int] = attrs.field(default=(0, 1), converter=tuple)
+    model: str = DEFAULT_MODEL
 
     @property
     def name(self) -> str:
         return f"s{self.step}.{self.branch}.probe"
 
-    def params(self) -> str:
-        return f"blocks={self.blocks[0]}:{self.blocks[1]}"
+
+def residual_key(model: str, generation: int, branch: str, unit: int, step: int | None = None) -> tuple:
+    """Store key of a residual: the latest one of a unit, or (with `step`) the one kept for that step."""
+    key = (model, generation, branch, unit)
+    return key if step is None else key + (step,)
 
 
 @attrs.frozen
-class Decide(Node):
-    """A cache decision for one unit: True computes it, False reuses its stored residual."""
+class Cell(_Blocks):
+    """A cached unit as one region: decide, then compute (run blocks, save) or reuse (load, add).
 
-    inputs: ClassVar[tuple[str, ...]] = ("hidden", "ctx")
-    optional: ClassVar[tuple[str, ...]] = ("probe",)
-    phase: ClassVar[int] = 1
-    sub: ClassVar[int] = 0
-    step: int
-    branch: str
-    unit: int
-    policy: str
-    forced: bool = False  # the policy is consulted (its state advances) but the unit always computes
-
-    @property
-    def name(self) -> str:
-        return f"s{self.step}.{self.branch}.u{self.unit}.decide"
-
-    def params(self) -> str:
-        return f"policy={self.policy}" + (" forced" if self.forced else "")
-
-    def cell_state(self, graph) -> tuple[tuple[int, str, int], str]:
-        return (self.step, self.branch, self.unit), "C" if self.forced else "?"
-
-    def check(self, graph) -> str | None:
-        kinds = {d["kind"] for _, _, d in graph.nx.out_edges(self, data=True)}
-        missing = [k for k in (GUARDS[:1] if self.forced else GUARDS) if k not in kinds]
-        return f"decision has no {missing[0]} path" if missing else None
-
-
-def _residual_key(node) -> tuple[int, str, int]:
-    return (node.generation, node.branch, node.unit)
-
-
-@attrs.frozen
-class _ResidualAccess(Node):
-    """Base of the nodes that touch one stored residual: its cell and `key` = (generation, branch, unit)."""
-
-    suffix: ClassVar[str] = ""
-    phase: ClassVar[int] = 1
-    step: int
-    branch: str
-    unit: int
-    generation: int = 0
-
-    @property
-    def key(self) -> tuple[int, str, int]:
-        return _residual_key(self)
-
-    @property
-    def name(self) -> str:
-        return f"s{self.step}.{self.branch}.u{self.unit}.{self.suffix}"
-
-    def params(self) -> str:
-        return f"key={self.key!r}"
-
-
-@attrs.frozen
-class Save(_ResidualAccess):
-    """Store the unit's residual (output - input) under `key` = (generation, branch, unit)."""
-
-    inputs: ClassVar[tuple[str, ...]] = ("input", "output")
-    suffix: ClassVar[str] = "save"
-    sub: ClassVar[int] = 4
-
-
-@attrs.frozen
-class Load(_ResidualAccess):
-    """Read the residual stored under `key`; None (a miss) makes the reuse recompute the unit.
-
-    `generation` older than the run's own marks a read of an earlier generation (cross-segment
-    reuse), which needs no `Save` in this graph.
+    `mode`: "compute", "reuse" (a static schedule) or "decide" (the bound policy decides at run
+    time). `consult`: the policy still sees this cell (its state advances; hooks fire) although
+    `mode` fixes the path — e.g. a unit's first step, which has nothing to reuse. `source`: for a
+    static reuse, the step whose residual is read (None: the latest one stored at run time).
+    `pin`: the compute path also keeps its residual under a step key, so a reuse rerouted to this
+    step still reads it after a newer step overwrote the unit's latest residual.
     """
 
-    suffix: ClassVar[str] = "load"
-    sub: ClassVar[int] = 1
-
-    def check(self, graph) -> str | None:
-        own = graph.spec.generation if graph.spec is not None else 0
-        if self.generation < own:
-            return None
-        sources = [u for u, _, d in graph.nx.in_edges(self, data=True) if d["kind"] == REUSE]
-        if not any(isinstance(u, Save) and u.key == self.key and u.step < self.step for u in sources):
-            return f"reads {self.key!r} but no earlier Save of that key feeds it (reuse edge)"
-        return None
-
-
-@attrs.frozen
-class Prefetch(_ResidualAccess):
-    """Start moving the residual under `key` toward the device ahead of its `Load` (the `prefetch`
-    edge), so a slow tier's transfer overlaps compute. `issue` is the (step, branch, unit) cell before
-    whose decision it runs: the scheduler's choice, never before the key's latest `Save`."""
-
-    suffix: ClassVar[str] = "prefetch"
-    sub: ClassVar[int] = -1  # before everything of the issuing cell
-    issue: tuple[int, str, int] = attrs.field(default=None, converter=lambda v: None if v is None else tuple(v))
-
-    def params(self) -> str:
-        where = "" if self.issue is None else f" at=s{self.issue[0]}.{self.issue[1]}.u{self.issue[2]}"
-        return f"key={self.key!r}{where}"
-
-    def order_key(self) -> tuple:
-        step, branch, unit = self.issue if self.issue is not None else (self.step, self.branch, self.unit)
-        return (step, self.phase, _branch_rank(branch), unit, self.sub, self.name)
-
-    def check(self, graph) -> str | None:
-        loads = [v for _, v, d in graph.nx.out_edges(self, data=True) if d["kind"] == PREFETCH]
-        if len(loads) != 1 or not isinstance(loads[0], Load) or loads[0].key != self.key \
-                or (loads[0].step, loads[0].branch, loads[0].unit) != (self.step, self.branch, self.unit):
-            return "a prefetch needs exactly one prefetch edge to the Load of its own cell and key"
-        if self.issue is not None and self.order_key() >= loads[0].order_key():
-            return f"issued at s{self.issue[0]}.{self.issue[1]}.u{self.issue[2]}, not before its load"
-        return None
-
-
-@attrs.frozen
-class Reuse(Node):
-    """Unit output = unit input + stored residual; recomputes blocks[start:stop] on a miss."""
-
-    inputs: ClassVar[tuple[str, ...]] = ("hidden", "residual", "ctx")
-    phase: ClassVar[int] = 1
-    sub: ClassVar[int] = 2
-    step: int
-    branch: str
+    optional: ClassVar[tuple[str, ...]] = ("probe",)
+    sub: ClassVar[int] = 3
     unit: int
     blocks: tuple[int, int] = attrs.field(converter=tuple)
+    mode: str = DECIDE
+    consult: bool = False
+    source: int | None = None
+    pin: bool = False
     generation: int = 0
-    source: int | None = None  # the step whose residual is reused, when known at compile time
-
-    @property
-    def key(self) -> tuple[int, str, int]:
-        return _residual_key(self)
+    model: str = DEFAULT_MODEL
 
     @property
     def name(self) -> str:
-        return f"s{self.step}.{self.branch}.u{self.unit}.reuse"
+        return f"s{self.step}.{self.branch}.u{self.unit}"
+
+    @property
+    def key(self) -> tuple:
+        """The key the compute path writes (the unit's latest residual)."""
+        return residual_key(self.model, self.generation, self.branch, self.unit)
+
+    @property
+    def pin_key(self) -> tuple:
+        return residual_key(self.model, self.generation, self.branch, self.unit, self.step)
+
+    @property
+    def cell(self) -> tuple[int, str, int]:
+        return (self.step, self.branch, self.unit)
 
     def params(self) -> str:
-        src = "" if self.source is None else f" source=s{self.source}"
-        return f"blocks={self.blocks[0]}:{self.blocks[1]}{src}"
+        out = f"blocks={self.blocks[0]}:{self.blocks[1]} mode={self.mode}"
+        if self.consult:
+            out += " consult"
+        if self.pin:
+            out += " pin"
+        if self.mode == REUSE_MODE and self.source is not None:
+            out += f" source=s{self.source}"
+        return out + _model_suffix(self.model)
 
-    def cell_state(self, graph) -> tuple[tuple[int, str, int], str]:
-        own = graph.spec.generation if graph.spec is not None else 0
-        return (self.step, self.branch, self.unit), ("R" if self.generation < own else "S")
+    def region(self) -> list[str]:
+        lines = []
+        if self.mode != REUSE_MODE:
+            save = f"save {self.key!r}" + (f", {self.pin_key!r}" if self.pin else "")
+            lines.append(f"compute: run blocks {self.blocks[0]}:{self.blocks[1]}; {save}")
+        if self.mode != COMPUTE:
+            lines.append(f"reuse: hidden + load {self.read_key_text()}; on a miss run the blocks")
+        return lines
+
+    def read_key_text(self) -> str:
+        return "latest " + repr(self.key) if self.source is None else f"from s{self.source}"
+
+    def check(self, graph: Graph) -> str | None:
+        if self.mode not in CELL_MODES:
+            return f"mode {self.mode!r} is not one of {CELL_MODES}"
+        if self.source is not None and self.mode != REUSE_MODE:
+            return f"source=s{self.source} on a cell in mode {self.mode} (only a reuse reads a source)"
+        if self.mode == COMPUTE:
+            return None
+        earlier = graph.previous_cell(self)
+        if earlier is None:
+            return (f"mode {self.mode} but no earlier step of ({self.branch}, u{self.unit}) stores a residual "
+                    "to reuse (the first step of a unit must compute)")
+        if self.mode == REUSE_MODE and self.source is not None:
+            src = graph.cell_at(self.source, self.branch, self.unit, self.model)
+            if src is None or src.step >= self.step or src.generation != self.generation:
+                return f"source=s{self.source}: no earlier cell of ({self.branch}, u{self.unit}) at that step"
+            if src.mode != COMPUTE:
+                return f"source=s{self.source}: that cell is in mode {src.mode}, it does not always store a residual"
+            if not src.pin:
+                writer = graph.latest_writer(self)
+                if writer is not src:
+                    return (f"source=s{self.source}: its residual is overwritten by %{writer.name} before this "
+                            f"read (pin the source cell, or read s{writer.step})")
+        return None
 
 
 @attrs.frozen
-class Merge(Node):
-    """The unit's output: the computed value or the reused one, whichever path ran."""
+class Prefetch(Node):
+    """Stage the residual a cell will read toward the device ahead of the read (`prefetch` edge to
+    that cell), so a slow tier's transfer overlaps compute. `issue` is the (step, branch, unit)
+    cell before which it runs: the scheduler's choice, never before the key's latest write."""
 
-    optional: ClassVar[tuple[str, ...]] = ("computed", "reused")
     phase: ClassVar[int] = 1
-    sub: ClassVar[int] = 5
+    sub: ClassVar[int] = -1  # before everything of the issuing cell
     step: int
     branch: str
     unit: int
+    key: tuple = attrs.field(converter=tuple)
+    issue: tuple[int, str, int] = attrs.field(converter=tuple)
 
     @property
     def name(self) -> str:
-        return f"s{self.step}.{self.branch}.u{self.unit}.out"
+        return f"s{self.step}.{self.branch}.u{self.unit}.prefetch"
 
-    def check(self, graph) -> str | None:
-        ports = {d["port"] for _, d in graph.in_edges(self, DATA)}
-        return None if ports else "merge has neither a computed nor a reused input"
+    def params(self) -> str:
+        return f"key={self.key!r} at=s{self.issue[0]}.{self.issue[1]}.u{self.issue[2]}"
+
+    def order_key(self) -> tuple:
+        step, branch, unit = self.issue
+        return (step, self.phase, _branch_rank(branch), unit, self.sub, self.name)
+
+    def check(self, graph: Graph) -> str | None:
+        readers = graph.consumers(self, kind=PREFETCH)
+        if len(readers) != 1 or not isinstance(readers[0], Cell) or readers[0].cell != (self.step, self.branch, self.unit):
+            return "a prefetch needs exactly one prefetch edge, to the cell it is named after"
+        reader = readers[0]
+        if reader.mode == COMPUTE:
+            return f"prefetches for %{reader.name}, which always computes (it reads nothing)"
+        if self.key != graph.read_key(reader):
+            return f"key {self.key!r} is not the key %{reader.name} reads ({graph.read_key(reader)!r})"
+        if self.order_key() >= reader.order_key():
+            return f"issued at s{self.issue[0]}.{self.issue[1]}.u{self.issue[2]}, not before its read"
+        writer = graph.latest_writer(reader, key=self.key)
+        if writer is not None and self.order_key() <= writer.order_key():
+            return (f"issued at s{self.issue[0]}.{self.issue[1]}.u{self.issue[2]}, before %{writer.name} writes "
+                    "the residual it stages")
+        return None
 
 
 @attrs.frozen
@@ -315,11 +321,15 @@ class Head(Node):
     phase: ClassVar[int] = 1
     step: int
     branch: str
+    model: str = DEFAULT_MODEL
     unit: ClassVar[int] = 10**9  # after every unit of its branch
 
     @property
     def name(self) -> str:
         return f"s{self.step}.{self.branch}.head"
+
+    def params(self) -> str:
+        return _model_suffix(self.model).strip()
 
 
 @attrs.frozen
@@ -338,22 +348,24 @@ class Guide(Node):
     def params(self) -> str:
         return f"scale={self.scale!r}"
 
+    def check(self, graph: Graph) -> str | None:
+        spec = graph.spec
+        if spec is not None and self.scale != spec.guidance_scale:
+            return f"scale {self.scale!r} differs from the spec's guidance_scale {spec.guidance_scale!r}"
+        return None
+
 
 @attrs.frozen
 class Update(Node):
-    """Scheduler step x_t -> x_{t-1}; the step-end callback runs right after it."""
+    """Scheduler step x_t -> x_{t-1} at the spec's timestep of `step`; the step-end callback runs right after it."""
 
     inputs: ClassVar[tuple[str, ...]] = ("noise", "latents")
     phase: ClassVar[int] = 3
     step: int
-    timestep: float
 
     @property
     def name(self) -> str:
         return f"s{self.step}.update"
-
-    def params(self) -> str:
-        return f"t={self.timestep!r}"
 
 
 @attrs.frozen

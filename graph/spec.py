@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import attrs
 
-from edit.graph.nodes import BRANCHES
+from edit.graph.nodes import BRANCHES, DEFAULT_MODEL
 
 GRANULARITIES = ("stack", "per_block")
 
@@ -52,7 +52,7 @@ def _check_blocks(inst: RunSpec, attribute: attrs.Attribute, value: int) -> None
 
 @attrs.frozen
 class RunSpec:
-    """Shape of a run: steps and their timesteps, CFG branches, blocks, granularity, generation.
+    """Shape of a run: steps and their timesteps, CFG branches, blocks, granularity, generation, model id.
 
     `branches` is ("cond", "uncond") with classifier-free guidance and ("cond",) without.
     """
@@ -64,6 +64,7 @@ class RunSpec:
     guidance_scale: float = attrs.field(default=5.0, converter=float)
     granularity: str | int = "stack"
     generation: int = 0
+    model: str = DEFAULT_MODEL
 
     def __attrs_post_init__(self) -> None:
         if len(self.timesteps) != self.num_steps:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from edit.graph.nodes import DATA, Node
+from edit.graph.nodes import COMPUTE, DATA, DECIDE, Cell, Node, Unit
 
 if TYPE_CHECKING:
     from edit.graph.core import Graph
@@ -18,8 +18,10 @@ def header(graph: Graph) -> str:
     spec = graph.spec
     if spec is None:
         return "# edit graph (no spec)"
+    model = "" if spec.model == "transformer" else f", model {spec.model}"
     return (f"# edit graph: {spec.num_steps} steps, branches {','.join(spec.branches)}, "
-            f"{spec.num_blocks} blocks, granularity {spec.granularity}, generation {spec.generation}")
+            f"{spec.num_blocks} blocks, granularity {spec.granularity}, generation {spec.generation}{model}\n"
+            f"# timesteps: {', '.join(repr(t) for t in spec.timesteps)}")
 
 
 def node_line(graph: Graph, node: Node) -> str:
@@ -32,6 +34,9 @@ def node_line(graph: Graph, node: Node) -> str:
     control = [f"{d['kind']}<-{_ref(u)}" for u, d in graph.in_edges(node, kind=None) if d["kind"] != DATA]
     if control:
         line += "  [" + " ".join(sorted(control)) + "]"
+    region = node.region()
+    if region:
+        line += " {\n" + "".join(f"    {r}\n" for r in region) + "  }"
     return line
 
 
@@ -41,18 +46,18 @@ def to_text(graph: Graph) -> str:
 
 
 def cell_states(graph: Graph) -> dict[tuple[int, str, int], str]:
-    """State of every (step, branch, unit) terminal: C compute, S skip, R reuse across generations,
-    ? decided at run time. Node kinds contribute through their `cell_state` method."""
+    """State of every (step, branch, unit): C computed (a plain unit, or a cell that always computes),
+    S reused, R reused from another generation, ? decided at run time."""
     cells: dict[tuple[int, str, int], str] = {}
-    rank = {"C": 0, "S": 1, "R": 2, "?": 3}  # a run-time decision dominates a static path
-    for node in graph.nx.nodes:
-        state = getattr(node, "cell_state", None)
-        if state is None:
-            continue
-        key, value = state(graph)
-        if key not in cells or rank[value] > rank[cells[key]]:
-            cells[key] = value
+    for node in graph.nodes((Unit, Cell)):
+        cells[(node.step, node.branch, node.unit)] = cell_state(node)
     return cells
+
+
+def cell_state(node: Node) -> str:
+    if not isinstance(node, Cell) or node.mode == COMPUTE:
+        return "C"
+    return "?" if node.mode == DECIDE else "S"
 
 
 def summary(graph: Graph) -> str:

@@ -1,16 +1,25 @@
-"""Rewrite passes `Graph -> Graph` and the cache-policy API they bind.
+"""Rewrite passes `Graph -> Graph`, the pipeline that runs them, the editing API and the policy API.
 
-Every pass is pure: it returns a new graph, or the same object when nothing changed.
+A pass is pure: it returns a new graph, or the same object when nothing changed. Importing this
+package loads neither torch nor diffusers.
 """
 
 from edit.passes.apply_policy import apply_policy
-from edit.passes.fold import fold_static, skip_schedule, static_decisions
-from edit.passes.manager import PassManager, PassRecord, pass_name
+from edit.passes.base import PASSES, Pass, PassRecord, Pipeline, bound, pass_text, register_pass
+from edit.passes.builtin import (ApplyPolicy, Dce, FoldStatic, Regroup, SchedulePrefetch, SetCells,
+                                 default_pipeline)
+from edit.passes.dce import dce
+from edit.passes.edit import (cells_from_units, insert_prefetch, remove_prefetch, replace_all_uses_with,
+                              reroute_reuse, select_cells, set_cells)
+from edit.passes.fold import fold_static, skip_schedule
 from edit.passes.policy import (REGISTRY, CacheContext, CachePolicy, PolicyState, check_threshold, make_policy,
-                                register_policy, relative_l1)
+                                policy_class, register_policy, relative_l1)
 from edit.passes.prefetch import prefetch_lead, schedule_prefetch
 from edit.passes.regroup import regroup
 
-__all__ = ["REGISTRY", "CacheContext", "CachePolicy", "PassManager", "PassRecord", "PolicyState", "apply_policy",
-           "check_threshold", "fold_static", "make_policy", "pass_name", "prefetch_lead", "register_policy", "regroup",
-           "relative_l1", "schedule_prefetch", "skip_schedule", "static_decisions"]
+__all__ = ["PASSES", "REGISTRY", "ApplyPolicy", "CacheContext", "CachePolicy", "Dce", "FoldStatic", "Pass",
+           "PassRecord", "Pipeline", "PolicyState", "Regroup", "SchedulePrefetch", "SetCells", "apply_policy", "bound",
+           "cells_from_units", "check_threshold", "dce", "default_pipeline", "fold_static", "insert_prefetch",
+           "make_policy", "pass_text", "policy_class", "prefetch_lead", "register_pass", "register_policy", "regroup",
+           "relative_l1", "remove_prefetch", "replace_all_uses_with", "reroute_reuse", "schedule_prefetch",
+           "select_cells", "set_cells", "skip_schedule"]

@@ -1,85 +1,57 @@
-"""`fold_static`: evaluate a static-signal policy at compile time into a fixed skip schedule."""
+"""`fold_static`: a policy whose decisions are known at compile time becomes a fixed skip schedule.
+
+The decisions come from `decisions(graph) -> {(step, branch, unit): compute}`, bound when the
+pipeline is built: the runtime evaluates the policy there with the same function it uses at run
+time (and fires the `after_decision` hooks, whose overrides the folded plan then shows). The pass
+itself only inlines each cell's chosen region with `set_cells`, the public editing API.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import attrs
-import torch
 
-from edit.graph import REUSE, SKIP, Decide, Graph, Load, Reuse, Save, Unit
-from edit.passes._edit import replace_node, units_by_forward
-from edit.passes.policy import CacheContext, PolicyState
+from edit.graph import COMPUTE, DECIDE, REUSE_MODE, Cell, Graph
+from edit.passes.base import Pass, bound, register_pass
+from edit.passes.edit import set_cells
 
-#: step -> (e, e0): the policy's signals at that step, as the run will compute them.
-Signals = Callable[[int], tuple[torch.Tensor, torch.Tensor]]
+Decisions = Callable[[Graph], dict[tuple[int, str, int], bool]]
 
 
-def static_decisions(graph: Graph, policy: Any, signals: Signals) -> dict[tuple[int, str, int], bool]:
-    """Run the policy over the steps in order, per (branch, unit), on the compile-time signals."""
-    spec = graph.spec
-    decisions = {}
-    groups = units_by_forward(graph, Decide)
-    num_units = max((len(v) for v in groups.values()), default=0)
-    states: dict[tuple[str, int], PolicyState] = {}
-    cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-    for (step, branch), decides in groups.items():
-        if step not in cache:
-            cache[step] = signals(step)
-        e, e0 = cache[step]
-        for d in decides:
-            state = states.get((branch, d.unit))
-            if state is None:
-                state = states[(branch, d.unit)] = PolicyState(branch, d.unit)
-                policy.reset(state)
-            ctx = CacheContext(step=step, num_steps=spec.num_steps, branch=branch, unit_index=d.unit,
-                               num_units=num_units, hidden=None, e0=e0, e=e, encoder_hidden=None, state=state)
-            decisions[(step, branch, d.unit)] = bool(policy.should_compute(ctx)) or d.forced
-    return decisions
-
-
-def fold_static(graph: Graph, policy: Any, signals: Signals) -> Graph:
-    """Replace every `Decide` by the path `policy` chooses on `signals`; drop the dead path.
-
-    Only for policies with `static_signal` (TeaCache on Wan: `e`/`e0` depend on the timestep and
-    the weights alone); returns the same graph otherwise. Decisions equal the run-time ones.
-    """
-    if not getattr(policy, "static_signal", False):
+def fold_static(graph: Graph, decisions: Decisions | None) -> Graph:
+    """Inline the path `decisions` chooses for every cell the policy sees (mode "decide", or
+    consulted); returns the same graph without `decisions` (a policy that is not static)."""
+    if decisions is None:
         return graph
-    decides = [n for n in graph.nx.nodes if isinstance(n, Decide)]
-    if not decides:
+    seen = [c for c in graph.nodes(Cell) if c.mode == DECIDE or c.consult]
+    if not seen:
         return graph
-    wrong = {d.policy for d in decides} - {policy.name}
-    if wrong:
-        raise ValueError(f"policy: the graph's decisions belong to {sorted(wrong)}, not {policy.name!r}")
-    decisions = static_decisions(graph, policy, signals)
-    new = graph.copy()
-    last_save: dict[tuple[str, int], Save] = {}
-    for decide in sorted(decides, key=lambda d: (d.step, d.branch, d.unit)):
-        key = (decide.branch, decide.unit)
-        guarded = {v: d["kind"] for _, v, d in new.nx.out_edges(decide, data=True) if d["kind"] != "data"}
-        compute = decisions[(decide.step, decide.branch, decide.unit)]
-        dead = [v for v, kind in guarded.items() if (kind == SKIP) == compute]
-        for node in dead:
-            new.remove_node(node)
-        new.remove_node(decide)
-        if compute:
-            last_save[key] = next(v for v in guarded if isinstance(v, Save))
-            continue
-        load = next(v for v in guarded if isinstance(v, Load))
-        reuse = next(v for v in guarded if isinstance(v, Reuse))
-        for src in [u for u, _, d in new.nx.in_edges(load, data=True) if d["kind"] == REUSE]:
-            new.nx.remove_edge(src, load)
-        new.add_edge(last_save[key], load, kind=REUSE)
-        replace_node(new, reuse, attrs.evolve(reuse, source=last_save[key].step))
-    return new
+    chosen = decisions(graph)
+    compute = [c.cell for c in seen if c.mode == COMPUTE or (c.mode == DECIDE and chosen[c.cell])]
+    reuse = [c.cell for c in seen if c.mode == REUSE_MODE or (c.mode == DECIDE and not chosen[c.cell])]
+    graph = set_cells(graph, COMPUTE, cells=compute, consult=False)
+    return set_cells(graph, REUSE_MODE, cells=reuse, consult=False) if reuse else graph
+
+
+@register_pass
+@attrs.frozen
+class FoldStatic(Pass):
+    """`fold_static` as a pipeline pass; `decisions` is bound by the runtime when it can evaluate
+    the policy ahead of time (otherwise the pass leaves the graph as it is)."""
+
+    name = "fold_static"
+    decisions: Decisions | None = attrs.field(default=None, eq=False, metadata=bound(text=None))
+
+    def run(self, graph: Graph) -> Graph:
+        return fold_static(graph, self.decisions)
 
 
 def skip_schedule(graph: Graph) -> dict[tuple[str, int], str]:
-    """{(branch, unit): "CCS..."} of a folded graph (C: the unit computes, S: it is reused)."""
+    """{(branch, unit): "CCS..."} of a graph's cells (C: computes, S: reuses, ?: decided at run time)."""
+    from edit.graph.text import cell_state
+
     rows: dict[tuple[str, int], list[str]] = {}
-    for (step, branch), units in units_by_forward(graph, (Unit, Reuse)).items():
-        for node in units:
-            rows.setdefault((branch, node.unit), []).append("C" if isinstance(node, Unit) else "S")
-    return {k: "".join(v) for k, v in rows.items()}
+    for cell in graph.nodes(Cell):
+        rows.setdefault((cell.branch, cell.unit), []).append(cell_state(cell))
+    return {k: "".join(v) for k, v in sorted(rows.items())}

@@ -6,10 +6,12 @@ It lives in `edit.passes` because passes bind and fold policies; users import it
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
-import torch
+
+if TYPE_CHECKING:  # the policy API imports no torch: `import edit.passes` stays model-free
+    import torch
 
 #: name -> policy class, filled by `register_policy`.
 REGISTRY: dict[str, type[CachePolicy]] = {}
@@ -34,9 +36,11 @@ class PolicyState:
 class CacheContext:
     """What a policy sees when deciding whether to compute unit `unit_index` at `step`.
 
-    `e0` is the per-block modulation input (diffusers `timestep_proj`), `e` the time embedding
-    (diffusers `temb`); `hidden` is the unit's input. `first_block_residual` is set for policies
-    with `needs_first_block_probe`. Tensors are None when folding ahead of time needs only `e`/`e0`.
+    `signals` holds the model adapter's policy signals by name; for Wan, `e0` is the per-block
+    modulation input (diffusers `timestep_proj`) and `e` the time embedding (diffusers `temb`), also
+    given as the documented aliases `ctx.e0`/`ctx.e`. `hidden` is the unit's input.
+    `first_block_residual` is set for policies with `needs_first_block_probe`. Tensors are None
+    when folding ahead of time, which needs only the static signals.
     """
 
     step: int
@@ -50,6 +54,7 @@ class CacheContext:
     encoder_hidden: torch.Tensor | None
     state: PolicyState
     first_block_residual: torch.Tensor | None = None
+    signals: dict[str, Any] = attrs.Factory(dict)
 
 
 class CachePolicy:
@@ -100,10 +105,24 @@ def make_policy(policy: str | CachePolicy | type, **kwargs: Any) -> CachePolicy:
             raise TypeError(f"policy: {policy.__name__} is not a subclass of edit.cache.CachePolicy")
         return policy(**kwargs)
     if isinstance(policy, str):
+        load_builtin_policies()
         if policy not in REGISTRY:
             raise ValueError(f"policy: unknown policy {policy!r}; registered: {', '.join(sorted(REGISTRY))}")
         return REGISTRY[policy](**kwargs)
     raise TypeError(f"policy: expected a registered name, a CachePolicy subclass or instance, got {type(policy).__name__}")
+
+
+def load_builtin_policies() -> None:
+    """Register the built-in policies (teacache, fbcache, none) on first use."""
+    import edit.passes.policies  # noqa: F401  (registers on import)
+
+
+def policy_class(name: str) -> type[CachePolicy]:
+    """The registered class of `name` (ValueError listing the registered names otherwise)."""
+    load_builtin_policies()
+    if name not in REGISTRY:
+        raise ValueError(f"policy: unknown policy {name!r}; registered: {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[name]
 
 
 def check_threshold(value: Any, name: str = "rel_l1_thresh") -> float:

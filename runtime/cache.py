@@ -8,7 +8,7 @@ from typing import Any
 import attrs
 import torch
 
-from edit.graph import Decide
+from edit.graph import COMPUTE, DECIDE, Cell
 from edit.passes.policy import CacheContext, CachePolicy, PolicyState
 
 HOOK_EVENTS = ("before_unit", "after_decision", "after_unit")
@@ -115,16 +115,15 @@ def store_lines(store: dict[str, Any]) -> list[str]:
 
 
 class CacheController:
-    """`pipe.cache`: the bound policy, its per-(branch, unit) states, the residual store, stats, hooks."""
+    """`pipe.cache`: the bound policy, its per-(branch, unit) states, the residual store, stats, hooks.
 
-    def __init__(self, policy: CachePolicy, *, store: Any, granularity: str | int = "stack",
-                 num_inference_steps: int | None = None, fold: bool = True, prefetch: int | None = None):
+    Plan settings (granularity, folding, prefetch, user passes) are not kept here: they are the
+    parameters of the passes in the plan's pipeline (`pipe.cache_pipeline`).
+    """
+
+    def __init__(self, policy: CachePolicy | None, *, store: Any):
         self.policy = policy
-        self.prefetch = prefetch  # cells ahead of each residual read (schedule_prefetch), or None
         self.store = store
-        self.granularity = granularity
-        self.num_inference_steps = num_inference_steps
-        self.fold = fold
         self.generation = 0
         self.stats = CacheStats(self.store)
         self.states: dict[tuple[str, int], PolicyState] = {}
@@ -134,13 +133,22 @@ class CacheController:
 
     # -- user API -----------------------------------------------------------------------------
     def add_hook(self, event: str, fn: Callable[[UnitEvent], Any]) -> Callable[[], None]:
-        """Call `fn(UnitEvent)` at `event` (before_unit / after_decision / after_unit); returns a remover."""
+        """Call `fn(UnitEvent)` at `event` (before_unit / after_decision / after_unit); returns a remover.
+
+        `before_unit` and `after_unit` fire at run time for every cell; `after_decision` fires where
+        the cell is decided: at run time, or when a static policy is folded into the plan (then
+        `hidden` is None, and an override is compiled into the plan's schedule).
+        """
         if event not in HOOK_EVENTS:
             raise ValueError(f"event: expected one of {HOOK_EVENTS}, got {event!r}")
         if not callable(fn):
             raise TypeError(f"fn: expected a callable, got {type(fn).__name__}")
         self.hooks[event].append(fn)
         return lambda: self.hooks[event].remove(fn) if fn in self.hooks[event] else None
+
+    def hook_version(self) -> tuple:
+        """Identifies the decision hooks; a folded plan is compiled anew when they change."""
+        return tuple(id(fn) for fn in self.hooks["after_decision"])
 
     def set_generation(self, generation: int) -> None:
         """Residuals of later runs are keyed by this generation id."""
@@ -164,30 +172,65 @@ class CacheController:
     def end_run(self) -> None:
         self.stats.freeze_store()
 
-    def state(self, branch: str, unit: int) -> PolicyState:
-        state = self.states.get((branch, unit))
+    def state(self, branch: str, unit: int, states: dict | None = None) -> PolicyState:
+        states = self.states if states is None else states
+        state = states.get((branch, unit))
         if state is None:
-            state = self.states[(branch, unit)] = PolicyState(branch, unit)
-            self.policy.reset(state)
+            state = states[(branch, unit)] = PolicyState(branch, unit)
+            if self.policy is not None:
+                self.policy.reset(state)
         return state
 
-    def decide(self, node: Decide, hidden: torch.Tensor, ctx: Any, probe: torch.Tensor | None) -> bool:
-        context = CacheContext(step=node.step, num_steps=self.num_steps, branch=node.branch, unit_index=node.unit,
-                               num_units=self.num_units, hidden=hidden, e0=ctx.e0, e=ctx.e,
-                               encoder_hidden=ctx.encoder_hidden, state=self.state(node.branch, node.unit),
-                               first_block_residual=probe)
-        self.fire("before_unit", node, hidden=hidden, ctx=context)
-        compute = bool(self.policy.should_compute(context)) or node.forced
+    def context(self, cell: Cell, *, hidden: Any = None, signals: dict[str, Any] | None = None,
+                encoder_hidden: Any = None, probe: Any = None, num_steps: int | None = None,
+                num_units: int | None = None, states: dict | None = None) -> CacheContext:
+        signals = signals or {}
+        return CacheContext(step=cell.step, num_steps=self.num_steps if num_steps is None else num_steps,
+                            branch=cell.branch, unit_index=cell.unit,
+                            num_units=self.num_units if num_units is None else num_units, hidden=hidden,
+                            e0=signals.get("e0"), e=signals.get("e"), encoder_hidden=encoder_hidden,
+                            state=self.state(cell.branch, cell.unit, states), first_block_residual=probe,
+                            signals=signals)
+
+    def decide(self, cell: Cell, context: CacheContext) -> bool:
+        """THE decision of a cell, at run time and when folding: the policy is consulted (its state
+        advances), the cell's mode fixes the path unless it is "decide", and `after_decision` hooks
+        may override a "decide" cell."""
+        if self.policy is None:
+            raise ValueError(f"%{cell.name}: this cell is decided by a policy; enable a cache with one "
+                             "(pipe.enable_cache(policy=...))")
+        verdict = bool(self.policy.should_compute(context))
+        decided = cell.mode == DECIDE
+        compute = verdict if decided else cell.mode == COMPUTE
         for fn in self.hooks["after_decision"]:
-            verdict = fn(UnitEvent("after_decision", node.step, node.branch, node.unit, hidden=hidden,
-                                   compute=compute, ctx=context))
-            if verdict is not None and not node.forced:
-                compute = bool(verdict)
+            out = fn(UnitEvent("after_decision", cell.step, cell.branch, cell.unit, hidden=context.hidden,
+                               compute=compute, ctx=context))
+            if out is not None and decided:
+                compute = bool(out)
         return compute
 
-    def fire(self, event: str, node: Any, **fields: Any) -> Any:
+    def static_decisions(self, graph: Any, signals: Callable[[int], dict[str, Any]]) -> dict[tuple, bool]:
+        """Decide, ahead of time, every cell the policy sees, from the static `signals(step)` — with
+        fresh policy states, in execution order, through `decide` (hooks included)."""
+        states: dict[tuple[str, int], PolicyState] = {}
+        cache: dict[int, dict[str, Any]] = {}
+        cells = [c for c in graph.nodes(Cell) if c.mode == DECIDE or c.consult]
+        units: dict[tuple, int] = {}
+        for c in graph.nodes(Cell):
+            units[(c.step, c.branch)] = units.get((c.step, c.branch), 0) + 1
+        num_units = max(units.values(), default=0)
+        out = {}
+        for cell in cells:
+            if cell.step not in cache:
+                cache[cell.step] = signals(cell.step)
+            context = self.context(cell, signals=cache[cell.step], num_steps=graph.spec.num_steps,
+                                   num_units=num_units, states=states)
+            out[cell.cell] = self.decide(cell, context)
+        return out
+
+    def fire(self, event: str, cell: Any, **fields: Any) -> Any:
         result = None
         for fn in self.hooks[event]:
-            out = fn(UnitEvent(event, node.step, node.branch, node.unit, **fields))
+            out = fn(UnitEvent(event, cell.step, cell.branch, cell.unit, **fields))
             result = out if out is not None else result
         return result

@@ -1,18 +1,22 @@
 """Compile a `Graph` once into a linear program, then run it with a small interpreter.
 
-Like `torch.fx.Interpreter` or `eval_jaxpr`: values live in numbered slots; each instruction
-reads its inputs from slots, writes its output to one slot, and frees every slot whose last
-use it was. The hot loop never walks the graph.
+Like `torch.fx.Interpreter` or `eval_jaxpr`: values live in numbered slots; each instruction reads
+its inputs from slots, writes its output to one slot, and frees every slot whose last use it was.
+A cache cell is one instruction whichever path it takes, so every value is freed after its last
+use on the path that ran. The hot loop never walks the graph. A kernel's error is re-raised with
+the printed line of the node being executed.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
 import attrs
 
-from edit.graph import COMPUTE, GUARDS, Graph, Input, Node, Output, Update, verify
+from edit.graph import Cell, Graph, Input, Node, Output, Unit, Update, verify
+from edit.graph.text import node_line
 
 #: node type -> kernel(state, node, **inputs) -> value. Extended with `register_kernel`.
 KERNELS: dict[type, Callable[..., Any]] = {}
@@ -39,28 +43,41 @@ def kernel_for(node: Node) -> Callable[..., Any]:
 
 @attrs.frozen
 class Instr:
-    """One step of the program: out = kernel(state, node, **{port: slots[slot].select})."""
+    """One step of the program: out = kernel(state, node, **{port: slots[slot].select}).
+
+    `context` is the (step, branch) whose model cache context the node runs in (None: outside any).
+    """
 
     node: Node
     kernel: Callable[..., Any] = attrs.field(eq=False, repr=False)
     args: tuple[tuple[str, int, str | None], ...]
     out: int
     free: tuple[int, ...]
-    guard: tuple[int, bool] | None = None  # (decision slot, run when it equals this)
+    context: tuple[int, str] | None = None
 
 
 @attrs.frozen
 class Program:
-    """A compiled plan: instructions in execution order over `num_slots` value slots."""
+    """A compiled plan: instructions in execution order over `num_slots` value slots.
+
+    `read_keys` maps each cell to the store key its reuse path reads; `num_units` is the number of
+    units of one forward (what a policy's context reports).
+    """
 
     graph: Graph = attrs.field(eq=False, repr=False)
     instrs: tuple[Instr, ...]
     num_slots: int
     input_slots: dict[str, int]
     output_slot: int
+    read_keys: dict[Cell, tuple] = attrs.field(eq=False, repr=False, factory=dict)
+    num_units: int = 0
 
     def __len__(self) -> int:
         return len(self.instrs)
+
+    @property
+    def has_cells(self) -> bool:
+        return bool(self.read_keys)
 
     def run(self, state: Any) -> Any:
         """Execute on `state` (kernels' environment; see `RunState`); return the output value.
@@ -74,22 +91,43 @@ class Program:
 
     def execute(self, state: Any, instrs: tuple[Instr, ...], slots: list[Any]) -> int | None:
         """Run `instrs` over `slots`; returns the output slot of the Update that stopped the run, if any."""
-        hooks = state.hooks
-        for ins in instrs:
-            if ins.guard is not None and slots[ins.guard[0]] is not ins.guard[1]:
-                continue
-            kwargs = {port: (slots[s] if sel is None else getattr(slots[s], sel)) for port, s, sel in ins.args}
-            if hooks:
-                kwargs = hooks.before(state, ins.node, kwargs)
-            value = ins.kernel(state, ins.node, **kwargs)
-            if hooks:
-                value = hooks.after(state, ins.node, value)
-            slots[ins.out] = value
-            for s in ins.free:
-                slots[s] = None
-            if type(ins.node) is Update and state.after_update(ins.node.step, ins.out, slots, self):
-                return ins.out
+        state.read_keys = self.read_keys
+        enter = getattr(state, "enter_context", None)
+        active: tuple[int, str] | None = None
+        with contextlib.ExitStack() as outer:
+            scope: contextlib.ExitStack | None = None
+            for ins in instrs:
+                if enter is not None and ins.context != active:
+                    if scope is not None:
+                        scope.close()
+                    scope = outer.enter_context(contextlib.ExitStack())
+                    if ins.context is not None:
+                        scope.enter_context(enter(*ins.context))
+                    active = ins.context
+                kwargs = {port: (slots[s] if sel is None else getattr(slots[s], sel)) for port, s, sel in ins.args}
+                try:
+                    value = ins.kernel(state, ins.node, **kwargs)
+                except Exception as err:
+                    raise _in_node(err, self.graph, ins.node) from err
+                slots[ins.out] = value
+                for s in ins.free:
+                    slots[s] = None
+                if type(ins.node) is Update and state.after_update(ins.node.step, ins.out, slots, self):
+                    return ins.out
         return None
+
+
+def _in_node(err: Exception, graph: Graph, node: Node) -> Exception:
+    """`err` as an exception of the same type whose message ends with the node's printed line."""
+    where = f"while executing {node_line(graph, node).splitlines()[0]}"
+    if where in str(err):
+        return err
+    try:
+        new = type(err)(f"{err}\n  {where}")
+    except Exception:  # an exception type with another constructor: keep it, add a note
+        err.add_note(where)
+        return err
+    return new
 
 
 def compile_program(graph: Graph, *, check: bool = True) -> Program:
@@ -99,25 +137,33 @@ def compile_program(graph: Graph, *, check: bool = True) -> Program:
     order = graph.order()
     slot_of = {node: i for i, node in enumerate(order)}
     inputs = {node: graph.inputs_of(node) for node in order}
-    guards = {node: [(u, d["kind"]) for u, d in graph.in_edges(node, kind=None) if d["kind"] in GUARDS]
-              for node in order}
     last_use: dict[int, int] = {}
     for pos, node in enumerate(order):
-        for producer in [p for p, _ in inputs[node].values()] + [u for u, _ in guards[node]]:
+        for producer, _ in inputs[node].values():
             last_use[slot_of[producer]] = pos
-    frees: dict[int, list[int]] = {}
     outputs = [n for n in order if isinstance(n, Output)]
     if len(outputs) != 1:
         raise ValueError(f"graph: expected exactly one Output node, found {len(outputs)}")
+    frees: dict[int, list[int]] = {}
     for slot, pos in last_use.items():
         if slot != slot_of[outputs[0]]:
             frees.setdefault(pos, []).append(slot)
+    for pos, node in enumerate(order):  # a value nobody reads is dropped at once
+        if slot_of[node] not in last_use and not isinstance(node, (Output, Update)):
+            frees.setdefault(pos, []).append(slot_of[node])
     instrs = []
+    units_per_forward: dict[tuple, int] = {}
+    read_keys = {}
     for pos, node in enumerate(order):
         args = tuple(sorted((port, slot_of[p], sel) for port, (p, sel) in inputs[node].items()))
-        if len(guards[node]) > 1:
-            raise ValueError(f"%{node.name}: guarded by {len(guards[node])} decisions; at most one is allowed")
-        guard = (slot_of[guards[node][0][0]], guards[node][0][1] == COMPUTE) if guards[node] else None
-        instrs.append(Instr(node, kernel_for(node), args, slot_of[node], tuple(sorted(frees.get(pos, ()))), guard))
+        branch = getattr(node, "branch", None)
+        context = (node.step, branch) if branch is not None else None
+        instrs.append(Instr(node, kernel_for(node), args, slot_of[node], tuple(sorted(frees.get(pos, ()))), context))
+        if isinstance(node, Cell):
+            read_keys[node] = graph.read_key(node)
+        if isinstance(node, (Unit, Cell)):
+            key = (node.step, branch)
+            units_per_forward[key] = units_per_forward.get(key, 0) + 1
     input_slots = {n.value: slot_of[n] for n in order if isinstance(n, Input)}
-    return Program(graph, tuple(instrs), len(order), input_slots, slot_of[outputs[0]])
+    return Program(graph, tuple(instrs), len(order), input_slots, slot_of[outputs[0]], read_keys,
+                   max(units_per_forward.values(), default=0))

@@ -5,10 +5,9 @@ from __future__ import annotations
 import attrs
 import torch
 
-from edit.graph import Decide, Embed, Guide, Head, Input, Load, Merge, Output, Prefetch, Probe, Reuse, Save, Unit, Update
+from edit.graph import COMPUTE, DECIDE, Cell, Embed, Guide, Head, Input, Output, Prefetch, Probe, Unit, Update
 from edit.runtime.executor import register_kernel
 from edit.runtime.state import RunState
-from edit.runtime.wan import EmbedOutput
 
 
 @register_kernel(Input)
@@ -17,19 +16,20 @@ def run_input(state: RunState, node: Input):
 
 
 @register_kernel(Embed)
-def run_embed(state: RunState, node: Embed, latents: torch.Tensor, text: torch.Tensor) -> EmbedOutput:
+def run_embed(state: RunState, node: Embed, latents: torch.Tensor, text: torch.Tensor):
     state.begin_step(node.step)
-    return state.adapter.embed(latents.to(state.adapter.dtype), state.timestep(node.step, latents), text)
+    adapter = state.adapter_for(node.model)
+    return adapter.embed(latents.to(adapter.dtype), state.timestep(node.step, latents), text)
 
 
 @register_kernel(Unit)
-def run_unit(state: RunState, node: Unit, hidden: torch.Tensor, ctx: EmbedOutput) -> torch.Tensor:
-    return state.adapter.run_blocks(node.blocks[0], node.blocks[1], hidden, ctx)
+def run_unit(state: RunState, node: Unit, hidden: torch.Tensor, ctx) -> torch.Tensor:
+    return state.adapter_for(node.model).run_blocks(node.blocks[0], node.blocks[1], hidden, ctx)
 
 
 @register_kernel(Head)
-def run_head(state: RunState, node: Head, hidden: torch.Tensor, ctx: EmbedOutput) -> torch.Tensor:
-    return state.adapter.head(hidden, ctx)
+def run_head(state: RunState, node: Head, hidden: torch.Tensor, ctx) -> torch.Tensor:
+    return state.adapter_for(node.model).head(hidden, ctx)
 
 
 @register_kernel(Guide)
@@ -55,62 +55,57 @@ class ProbeOutput:
     residual: torch.Tensor
 
 
-def _cache(state: RunState, node):
-    if state.cache is None:
-        raise ValueError(f"%{node.name}: this plan has cache nodes; enable a cache (pipe.enable_cache) to run it")
-    return state.cache
-
-
 @register_kernel(Probe)
-def run_probe(state: RunState, node: Probe, hidden: torch.Tensor, ctx: EmbedOutput) -> ProbeOutput:
-    out = state.adapter.run_blocks(node.blocks[0], node.blocks[1], hidden, ctx)
+def run_probe(state: RunState, node: Probe, hidden: torch.Tensor, ctx) -> ProbeOutput:
+    out = state.adapter_for(node.model).run_blocks(node.blocks[0], node.blocks[1], hidden, ctx)
     return ProbeOutput(out, out - hidden)
-
-
-@register_kernel(Decide)
-def run_decide(state: RunState, node: Decide, hidden: torch.Tensor, ctx: EmbedOutput,
-               probe: torch.Tensor | None = None) -> bool:
-    return _cache(state, node).decide(node, hidden, ctx, probe)
-
-
-@register_kernel(Save)
-def run_save(state: RunState, node: Save, input: torch.Tensor, output: torch.Tensor) -> None:
-    _cache(state, node).store.put(node.key, output - input)
 
 
 @register_kernel(Prefetch)
 def run_prefetch(state: RunState, node: Prefetch) -> None:
-    prefetch = getattr(_cache(state, node).store, "prefetch", None)
+    prefetch = getattr(state.cache_for(node).store, "prefetch", None)
     if prefetch is not None:  # a store with only put/get has nothing to stage
         prefetch(node.key)
 
 
-@register_kernel(Load)
-def run_load(state: RunState, node: Load) -> torch.Tensor | None:
-    return _cache(state, node).store.get(node.key)
-
-
-@register_kernel(Reuse)
-def run_reuse(state: RunState, node: Reuse, hidden: torch.Tensor, residual: torch.Tensor | None,
-              ctx: EmbedOutput) -> torch.Tensor:
-    cache = _cache(state, node)
-    if residual is None or residual.shape != hidden.shape:
-        # a miss (evicted, corrupted, other shape): recompute, so the unit is still exact
-        out = state.adapter.run_blocks(node.blocks[0], node.blocks[1], hidden, ctx)
-        cache.store.put(node.key, out - hidden)
-        cache.stats.recomputed += 1
-        return out
-    return hidden + residual.to(hidden.device)
-
-
-@register_kernel(Merge)
-def run_merge(state: RunState, node: Merge, computed: torch.Tensor | None = None,
-              reused: torch.Tensor | None = None) -> torch.Tensor:
-    cache = _cache(state, node)
-    out = computed if computed is not None else reused
-    cache.stats.record(node.branch, node.unit, computed is not None)
-    if cache.hooks["after_unit"]:
-        replaced = cache.fire("after_unit", node, output=out, compute=computed is not None)
+@register_kernel(Cell)
+def run_cell(state: RunState, node: Cell, hidden: torch.Tensor, ctx, probe: torch.Tensor | None = None):
+    """The cell region: decide (or take the static path), then compute + save, or load + add
+    (recomputing on a store miss). Stats and hooks see every cell, folded or not."""
+    cache = state.cache_for(node)
+    adapter = state.adapter_for(node.model)
+    hooks = cache.hooks
+    context = None
+    if node.mode == DECIDE or node.consult or hooks["before_unit"]:
+        context = cache.context(node, hidden=hidden, signals=adapter.signals(ctx), encoder_hidden=ctx.encoder_hidden,
+                                probe=probe)
+        if hooks["before_unit"]:
+            cache.fire("before_unit", node, hidden=hidden, ctx=context)
+    if node.mode == DECIDE or node.consult:
+        compute = cache.decide(node, context)
+    else:
+        compute = node.mode == COMPUTE
+    store = cache.store
+    if compute:
+        out = adapter.run_blocks(node.blocks[0], node.blocks[1], hidden, ctx)
+        residual = out - hidden
+        store.put(node.key, residual)
+        if node.pin:
+            store.put(node.pin_key, residual)
+    else:
+        key = state.read_keys.get(node, node.key)
+        residual = store.get(key)
+        if residual is None or residual.shape != hidden.shape:
+            # a miss (evicted, corrupted, another shape): recompute, so the unit is still exact
+            out = adapter.run_blocks(node.blocks[0], node.blocks[1], hidden, ctx)
+            store.put(key, out - hidden)
+            cache.stats.recomputed += 1
+        else:
+            out = hidden + residual.to(hidden.device)
+        del residual
+    cache.stats.record(node.branch, node.unit, compute)
+    if hooks["after_unit"]:
+        replaced = cache.fire("after_unit", node, output=out, compute=compute, ctx=context)
         if replaced is not None:
             out = replaced
     return out

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
 import attrs
 import torch
 
+from edit.graph import DEFAULT_MODEL
 from edit.runtime.wan import WanAdapter
 
 
@@ -28,7 +30,7 @@ class RunState:
     scheduler update and may return a `StepEnd`.
     """
 
-    adapter: WanAdapter
+    adapter: WanAdapter  # the adapter of the default model id ("transformer")
     scheduler: Any
     timesteps: torch.Tensor
     inputs: dict[str, Any]
@@ -39,6 +41,33 @@ class RunState:
     step_begin: Callable[[int], None] | None = None
     step_end: Callable[[int, torch.Tensor], StepEnd | None] | None = None
     current_step: int = -1
+    adapters: dict[str, Any] = attrs.Factory(dict)  # other model ids -> their adapters
+    branch_contexts: bool = True  # run each branch inside the model's cache context (diffusers' hooks)
+    read_keys: dict[Any, tuple] = attrs.Factory(dict)  # set by the program: cell -> key its reuse reads
+
+    def adapter_for(self, model: str) -> Any:
+        if model == DEFAULT_MODEL:
+            return self.adapter
+        try:
+            return self.adapters[model]
+        except KeyError:
+            raise ValueError(f"model: no adapter for model id {model!r} in this run "
+                             f"(known: {[DEFAULT_MODEL, *self.adapters]})") from None
+
+    def cache_for(self, node: Any) -> Any:
+        if self.cache is None:
+            raise ValueError(f"%{node.name}: this plan has cache cells; enable a cache (pipe.enable_cache) to run it")
+        return self.cache
+
+    def enter_context(self, step: int, branch: str):
+        """The model cache context one (step, branch) forward runs in (diffusers' `cache_context`)."""
+        if not self.branch_contexts or self.timesteps is None:
+            return contextlib.nullcontext()
+        info = {"step_index": step, "num_inference_steps": len(self.timesteps)}
+        sigmas = getattr(self.scheduler, "sigmas", None)
+        if sigmas is not None and step < len(sigmas):
+            info["sigma"] = float(sigmas[step])
+        return self.adapter.branch_context(branch, **info)
 
     def begin_step(self, step: int) -> None:
         if step != self.current_step:

@@ -31,7 +31,8 @@ class EmbedOutput:
 
 
 class WanAdapter:
-    """Run a `WanTransformer3DModel` in pieces: `embed`, `run_blocks(start, stop)`, `head`."""
+    """Run a `WanTransformer3DModel` in pieces: `embed`, `run_blocks(start, stop)`, `head` (an
+    `edit.runtime.ModelAdapter`)."""
 
     def __init__(self, transformer: torch.nn.Module):
         blocks = getattr(transformer, "blocks", None)
@@ -77,8 +78,17 @@ class WanAdapter:
         return EmbedOutput(hidden, e, e0, encoder_hidden, rotary,
                            (batch, frames // p_t, height // p_h, width // p_w))
 
-    def time_signals(self, timestep: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """(e, e0) for `timestep`, bit-identical to what `embed` computes (they do not depend on the
+    def signals(self, ctx: EmbedOutput) -> dict[str, torch.Tensor]:
+        """TeaCache's two signals of one forward: `e` (diffusers `temb`) and `e0` (`timestep_proj`)."""
+        return {"e": ctx.e, "e0": ctx.e0}
+
+    def branch_context(self, branch: str, **info: Any):
+        """diffusers' `transformer.cache_context(branch, step_index=..., ...)`, as `WanPipeline` runs
+        each branch in, so diffusers' own cache hooks work under the EDiT runtime."""
+        return self.model.cache_context(branch, **info)
+
+    def time_signals(self, timestep: torch.Tensor, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """{e, e0} for `timestep`, bit-identical to what `embed` computes (they do not depend on the
         text values, only on the text dtype), so a static policy can be folded ahead of time."""
         m = self.model
         seq_len = None
@@ -88,7 +98,7 @@ class WanAdapter:
         batch = timestep.shape[0] // (seq_len or 1)
         text = torch.zeros(batch, 1, m.config.text_dim, dtype=dtype, device=timestep.device)
         e, e0, _, _ = m.condition_embedder(timestep, text, None, timestep_seq_len=seq_len)
-        return e, (e0.unflatten(2, (6, -1)) if seq_len is not None else e0.unflatten(1, (6, -1)))
+        return {"e": e, "e0": e0.unflatten(2, (6, -1)) if seq_len is not None else e0.unflatten(1, (6, -1))}
 
     def run_blocks(self, start: int, stop: int, hidden: torch.Tensor, ctx: EmbedOutput) -> torch.Tensor:
         """blocks[start:stop] applied in order; returns the real output of the last block."""

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import functools
+import os
+
+os.environ.setdefault("EDIT_DEBUG", "1")  # the tests verify the graph after every pass
 
 import pytest
 import torch
@@ -11,6 +14,7 @@ from edit import tiny_components
 
 #: Small enough that a 3-step CFG generation takes well under a second on 2 CPU cores.
 SMALL = dict(num_frames=9, height=32, width=48, num_inference_steps=3)
+SIZE = {k: v for k, v in SMALL.items() if k != "num_inference_steps"}  # what pipe.compile needs besides steps
 
 
 @functools.lru_cache(maxsize=None)

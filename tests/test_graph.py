@@ -62,7 +62,7 @@ def test_run_spec_rejects_bad_values(kwargs, match):
 def test_verify_rejects_a_cycle_naming_a_node():
     g = lower(spec3())
     u0 = g.find(Unit, step=1, branch="cond")[0]
-    g.add_edge(u0, g.find(Embed, step=0, branch="cond")[0], kind="reuse")
+    g.add_edge(u0, g.find(Embed, step=0, branch="cond")[0], kind="prefetch")
     with pytest.raises(GraphError, match=r"cycle through %s\d\.cond\.(u0|embed|update|head)"):
         verify(g)
 

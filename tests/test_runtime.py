@@ -5,7 +5,7 @@ from __future__ import annotations
 import attrs
 import pytest
 import torch
-from conftest import components, generate
+from conftest import SIZE, components, generate
 
 from edit import EditWanPipeline
 from edit.graph import Input, Node, Output, RunSpec, Unit, lower
@@ -88,10 +88,10 @@ def test_custom_node_kind_runs_through_its_registered_kernel():
 
     try:
         pipe = EditWanPipeline(**components())
-        plan = pipe.compile(num_inference_steps=3, guidance_scale=5.0)
+        plan = pipe.compile(num_inference_steps=3, guidance_scale=5.0, **SIZE)
         unit = plan.find(Unit, step=1, branch="cond")[0]
         head = plan.consumers(unit)[0]
-        plan.nx.remove_edge(unit, head)
+        plan.remove_edge(unit, head)
         scale = plan.add_node(Scale(1, "cond"))
         plan.add_edge(unit, scale, port="hidden")
         plan.add_edge(scale, head, port="hidden")
@@ -114,15 +114,17 @@ def test_missing_kernel_and_plan_mismatch_are_clear_errors():
     with pytest.raises(ValueError, match="no kernel registered for node kind Orphan"):
         compile_program(graph)
     pipe = EditWanPipeline(**components())
-    plan = pipe.compile(num_inference_steps=2, guidance_scale=5.0)
-    with pytest.raises(ValueError, match="plan: its num_steps"):
+    plan = pipe.compile(num_inference_steps=2, guidance_scale=5.0, **SIZE)
+    with pytest.raises(ValueError, match="plan: num_steps: the plan was compiled for 2, this call has 3"):
         generate(pipe, plan=plan, num_inference_steps=3)
+    with pytest.raises(ValueError, match="plan: latent_shape"):
+        generate(pipe, plan=plan, num_inference_steps=2, height=64)
     with pytest.raises(TypeError, match="plan"):
         generate(pipe, plan="not a graph")
 
 
 def test_replaying_a_compiled_plan_equals_the_default_run():
     pipe = EditWanPipeline(**components())
-    plan = pipe.compile(num_inference_steps=3, guidance_scale=5.0)
+    plan = pipe.compile(num_inference_steps=3, guidance_scale=5.0, **SIZE)
     assert torch.equal(generate(pipe, plan=plan), generate(pipe))
     assert len(plan.find(Input)) == 3 and len(plan.find(Output)) == 1

@@ -10,7 +10,7 @@
 0.3333333432674408
 """
 
-from edit.cache.policies import TEACACHE_COEFFICIENTS, FirstBlockCache, NoCache, TeaCache
+from edit.passes.policies import TEACACHE_COEFFICIENTS, FirstBlockCache, NoCache, TeaCache
 from edit.passes.policy import (REGISTRY, CacheContext, CachePolicy, PolicyState, make_policy, register_policy,
                                 relative_l1)
 from edit.cache.transformer import apply_cache_on_transformer, remove_cache_from_transformer

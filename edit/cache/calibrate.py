@@ -89,7 +89,7 @@ def calibrate_teacache(pipe, prompts: str | list[str], *, num_inference_steps: i
             ys.append(relative_l1(residual, prev_residual))
         previous[event.branch] = (signal, residual)
 
-    saved = (pipe.cache, pipe._program_cache, pipe.pass_manager)
+    saved = (pipe.cache, pipe._program_cache, pipe._plan_options)
     try:
         cache = pipe.enable_cache(_Record(), fold=False, num_inference_steps=num_inference_steps)
         cache.add_hook("before_unit", before_unit)
@@ -99,7 +99,7 @@ def calibrate_teacache(pipe, prompts: str | list[str], *, num_inference_steps: i
             pipe(prompt, num_inference_steps=num_inference_steps, output_type="latent",
                  generator=torch.Generator("cpu").manual_seed(seed + i), **call_kwargs)
     finally:
-        pipe.cache, pipe._program_cache, pipe.pass_manager = saved
+        pipe.cache, pipe._program_cache, pipe._plan_options = saved
     if len(xs) < degree + 1:
         raise ValueError(f"degree: {degree} needs at least {degree + 1} samples, the runs gave {len(xs)}; "
                          "use more steps or prompts")

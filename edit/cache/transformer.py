@@ -13,12 +13,11 @@ from typing import Any
 
 import torch
 
-from edit.graph import Embed, Head, RunSpec, Unit, lower
-from edit.passes import apply_policy, make_policy, regroup
+from edit.graph import Embed, Head, RunSpec, check_granularity, lower, verify
+from edit.passes import default_pipeline, make_policy
 from edit.runtime import RunState, WanAdapter, compile_program
 from edit.runtime.cache import CacheController
 from edit.runtime.offload import execution_device, forward_hooks
-from edit.graph import check_granularity
 
 _PATCHED = ("forward", "cache_context", "_edit_cache", "_edit_saved")
 
@@ -26,9 +25,11 @@ _PATCHED = ("forward", "cache_context", "_edit_cache", "_edit_saved")
 class _TransformerCache:
     """Per-transformer plan slices, compiled once per step count."""
 
-    def __init__(self, transformer: torch.nn.Module, controller: CacheController):
+    def __init__(self, transformer: torch.nn.Module, controller: CacheController, options: dict[str, Any]):
         self.adapter = WanAdapter(transformer)
         self.controller = controller
+        self.options = options
+        self.num_inference_steps: int | None = None
         self.program = None
         self.slices: dict[tuple[int, str], tuple] = {}
         self.context: dict[str, Any] = {}
@@ -38,9 +39,13 @@ class _TransformerCache:
         if self.program is not None and self.program.graph.spec.num_steps == num_steps:
             return
         spec = RunSpec(num_steps=num_steps, timesteps=range(num_steps, 0, -1), num_blocks=self.adapter.num_blocks,
-                       granularity=self.controller.granularity, generation=self.controller.generation)
-        graph = apply_policy(regroup(lower(spec), self.controller.granularity), self.controller.policy)
-        self.program = compile_program(graph)
+                       generation=self.controller.generation)
+        # The default pipeline, as EditWanPipeline runs it; the timesteps are unknown ahead of the
+        # run here, so fold_static has no decisions to inline and every cell is decided at run time
+        # (with the same decisions a folded plan has).
+        pipeline = default_pipeline(policy=self.controller.policy, **self.options)
+        graph = pipeline(lower(spec))
+        self.program = compile_program(graph if pipeline.debug else verify(graph), check=False)
         self.slices = {}
         for ins in self.program.instrs:
             step, branch = getattr(ins.node, "step", None), getattr(ins.node, "branch", None)
@@ -59,7 +64,7 @@ class _TransformerCache:
             raise ValueError("encoder_hidden_states_image: image conditioning (Wan I2V) is not supported by "
                              "apply_cache_on_transformer")
         ctx = self.context
-        num_steps = ctx.get("num_inference_steps") or self.controller.num_inference_steps
+        num_steps = ctx.get("num_inference_steps") or self.num_inference_steps
         if not num_steps:
             raise ValueError("num_inference_steps: unknown; pass it to apply_cache_on_transformer or call the "
                              "transformer inside cache_context(..., num_inference_steps=N)")
@@ -67,18 +72,18 @@ class _TransformerCache:
         step = ctx.get("step_index")
         if step is None:  # called outside a cache context: count calls
             step, self.calls = self.calls % num_steps, self.calls + 1
-        if self.controller.num_inference_steps not in (None, num_steps):
-            raise ValueError(f"num_inference_steps: the cache was applied for {self.controller.num_inference_steps} "
+        if self.num_inference_steps not in (None, num_steps):
+            raise ValueError(f"num_inference_steps: the cache was applied for {self.num_inference_steps} "
                              f"steps, the pipeline runs {num_steps}")
         self.prepare(num_steps)
         if step == 0 and branch == "cond":
-            units = {n.unit for n in self.program.graph.nx.nodes if isinstance(n, Unit)}
-            self.controller.begin_run(num_steps, len(units))
+            self.controller.begin_run(num_steps, self.program.num_units)
         if (step, branch) not in self.slices:
             raise ValueError(f"cache_context: unknown branch {branch!r}; expected 'cond' or 'uncond'")
         instrs, entry, exit_slot = self.slices[(step, branch)]
+        # no branch contexts: diffusers' pipeline already runs this forward inside one
         state = RunState(adapter=self.adapter, scheduler=None, timesteps=None, inputs={}, cache=self.controller,
-                         timestep_override=timestep)
+                         timestep_override=timestep, branch_contexts=False)
         slots: list[Any] = [None] * self.program.num_slots
         slots[entry["latents"]], slots[entry["text"]] = hidden_states, encoder_hidden_states
         self.program.execute(state, tuple(instrs), slots)
@@ -93,10 +98,13 @@ class _TransformerCache:
 
 def apply_cache_on_transformer(transformer: torch.nn.Module, policy: Any = "teacache", *,
                                num_inference_steps: int | None = None, granularity: str | int = "stack",
-                               store: Any = None, **policy_kwargs: Any) -> CacheController:
+                               store: Any = None, passes: Any = (), prefetch: int | None = None,
+                               **policy_kwargs: Any) -> CacheController:
     """Cache a diffusers `WanTransformer3DModel` in place; returns its controller (stats, hooks).
 
-    Decisions are made at run time (they equal the folded ones of `EditWanPipeline`).
+    The plan comes from the same `edit.passes.default_pipeline` as `EditWanPipeline`'s (with the
+    same `granularity`, `passes` and `prefetch`); decisions are made at run time (they equal the
+    folded ones of `EditWanPipeline`).
     """
     adapter = WanAdapter(transformer)
     if hasattr(transformer, "_edit_cache"):
@@ -108,9 +116,10 @@ def apply_cache_on_transformer(transformer: torch.nn.Module, policy: Any = "teac
     if store is None:
         from edit.runtime.store import GPUStore
         store = GPUStore(device=execution_device(transformer))
-    controller = CacheController(policy, store=store, granularity=granularity,
-                                 num_inference_steps=num_inference_steps, fold=False)
-    cache = _TransformerCache(transformer, controller)
+    controller = CacheController(policy, store=store)
+    cache = _TransformerCache(transformer, controller, dict(granularity=granularity, passes=tuple(passes),
+                                                            prefetch=prefetch))
+    cache.num_inference_steps = num_inference_steps
     original_context = transformer.cache_context
 
     @contextlib.contextmanager

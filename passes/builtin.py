@@ -1,0 +1,64 @@
+"""The built-in pass records, `set_cells` as a pass, and the default pipeline — built here only."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+
+from edit.graph import Graph
+from edit.passes.apply_policy import ApplyPolicy
+from edit.passes.base import Pass, Pipeline, register_pass
+from edit.passes.dce import Dce
+from edit.passes.edit import set_cells
+from edit.passes.fold import Decisions, FoldStatic
+from edit.passes.prefetch import SchedulePrefetch
+from edit.passes.regroup import Regroup
+
+
+def _opt_tuple(value: Any) -> tuple | None:
+    if value is None or isinstance(value, (str, int)):
+        return value if value is None else (value,)
+    return tuple(value)
+
+
+@register_pass
+@attrs.frozen
+class SetCells(Pass):
+    """`set_cells(mode=reuse, steps=[...], branches=[...], units=[...])` as a pipeline pass."""
+
+    name = "set_cells"
+    mode: str = attrs.field(metadata={"text": str, "always": True})
+    steps: tuple | None = attrs.field(default=None, converter=_opt_tuple, metadata={"text": lambda v: repr(list(v))})
+    branches: tuple | None = attrs.field(default=None, converter=_opt_tuple,
+                                         metadata={"text": lambda v: repr(list(v))})
+    units: tuple | None = attrs.field(default=None, converter=_opt_tuple, metadata={"text": lambda v: repr(list(v))})
+    consult: bool | None = None
+
+    def run(self, graph: Graph) -> Graph:
+        return set_cells(graph, self.mode, steps=self.steps, branches=self.branches, units=self.units,
+                         consult=self.consult)
+
+
+def default_pipeline(*, granularity: str | int = "stack", policy: Any = None, fold: bool = True,
+                     decisions: Decisions | None = None, passes: Iterable[Any] = (), prefetch: int | None = None,
+                     speculative: bool = True) -> Pipeline:
+    """The one place the pass list is built, for every entry point (`__call__`, `compile`,
+    `apply_cache_on_transformer`): regroup -> apply_policy -> fold_static (when `fold`) -> the
+    user's `passes` -> schedule_prefetch (with a `prefetch` lead) -> dce. Without a policy: the
+    plain plan at `granularity`."""
+    if policy is None:
+        return Pipeline([Regroup(granularity)] if granularity != "stack" else [])
+    chain: list[Any] = [Regroup(granularity), ApplyPolicy(policy)]
+    if fold:
+        chain.append(FoldStatic(decisions))
+    chain += list(passes)
+    if prefetch is not None:
+        chain.append(SchedulePrefetch(prefetch, speculative))
+    chain.append(Dce())
+    return Pipeline(chain)
+
+
+__all__ = ["ApplyPolicy", "Dce", "FoldStatic", "Regroup", "SchedulePrefetch", "SetCells", "default_pipeline"]
+

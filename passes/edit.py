@@ -1,0 +1,207 @@
+"""The public editing API: what user passes and the built-in passes are written with.
+
+Each function returns a new graph (the input is left as it was) that is valid, or raises
+`GraphError` naming the node that the edit would break.
+
+>>> from edit.graph import RunSpec, lower
+>>> from edit.passes import set_cells
+>>> g = lower(RunSpec(num_steps=4, timesteps=[900.0, 600.0, 300.0, 100.0], num_blocks=4, granularity=2))
+>>> g = set_cells(g, "reuse", steps=[1, 3], units=[1])    # FORA-style: a static skip schedule
+>>> print(g.summary())
+step  cond    uncond
+   0  CC      CC
+   1  CS      CS
+   2  CC      CC
+   3  CS      CS
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import attrs
+
+from edit.graph import (CELL_MODES, COMPUTE, DECIDE, PREFETCH, REUSE_MODE, Cell, Graph, GraphError, Node, Prefetch,
+                        Unit)
+
+
+def _selection(values: Any, what: str) -> set | None:
+    if values is None:
+        return None
+    if isinstance(values, (str, int)):
+        return {values}
+    try:
+        return set(values)
+    except TypeError:
+        raise TypeError(f"{what}: expected None (all) or an iterable, got {type(values).__name__}") from None
+
+
+def select_cells(graph: Graph, *, steps: Iterable[int] | None = None, branches: Iterable[str] | None = None,
+                 units: Iterable[int] | None = None) -> list[Cell]:
+    """The cells whose step, branch and unit are in the given sets (None: any), in execution order."""
+    steps, branches, units = (_selection(steps, "steps"), _selection(branches, "branches"),
+                              _selection(units, "units"))
+    return [c for c in graph.nodes(Cell) if (steps is None or c.step in steps)
+            and (branches is None or c.branch in branches) and (units is None or c.unit in units)]
+
+
+def cells_from_units(graph: Graph) -> Graph:
+    """Turn every plain `Unit` into a `Cell` that always computes (a graph with no policy applied)."""
+    new = graph.copy()
+    for unit in new.nodes(Unit):
+        new.replace_node(unit, Cell(unit.step, unit.branch, unit.unit, unit.blocks, mode=COMPUTE,
+                                    generation=new.spec.generation if new.spec else 0, model=unit.model))
+    return new
+
+
+def set_cells(graph: Graph, mode: str, *, steps: Iterable[int] | None = None, branches: Iterable[str] | None = None,
+              units: Iterable[int] | None = None, cells: Iterable[Any] | None = None,
+              consult: bool | None = None) -> Graph:
+    """Set the mode of the selected cells: "compute", "reuse" or "decide" (None selects all).
+
+    `cells` selects explicit (step, branch, unit) triples (or `Cell` records) instead. A graph with
+    plain units gets cells first (every cell computing). "reuse" reads the residual of the unit's
+    latest earlier writer (printed `source=sN` when that step always computes); "decide" hands the
+    cell to the bound policy at run time, except on a unit's first step, which has nothing to reuse
+    and computes (consulting the policy). `consult` (None: leave as is) says whether the policy
+    still sees a cell whose path is fixed. Reuses later in the same units are re-pointed when the
+    edit changed which step they read.
+    """
+    if mode not in CELL_MODES:
+        raise ValueError(f"mode: expected one of {CELL_MODES}, got {mode!r}")
+    if consult is not None and not isinstance(consult, bool):
+        raise TypeError(f"consult: expected None or a bool, got {type(consult).__name__}")
+    new = graph.copy() if any(isinstance(n, Cell) for n in graph.nodes(Cell)) else cells_from_units(graph)
+    if cells is not None:
+        if any(x is not None for x in (steps, branches, units)):
+            raise ValueError("cells: give either cells= or steps=/branches=/units=, not both")
+        chosen = []
+        for item in cells:
+            triple = item.cell if isinstance(item, Cell) else tuple(item)
+            cell = new.cell_at(*triple)
+            if cell is None:
+                raise ValueError(f"cells: no cell s{triple[0]}.{triple[1]}.u{triple[2]} in the graph")
+            chosen.append(cell)
+    else:
+        chosen = select_cells(new, steps=steps, branches=branches, units=units)
+    groups = set()
+    for cell in sorted(chosen, key=lambda c: c.step):
+        cell = new.cell_at(cell.step, cell.branch, cell.unit, cell.model)  # the record as edited so far
+        earlier = new.previous_cell(cell)
+        target, keep_consult = mode, cell.consult if consult is None else consult
+        if mode == DECIDE and earlier is None:
+            target, keep_consult = COMPUTE, True
+        elif mode == REUSE_MODE and earlier is None:
+            raise GraphError(f"%{cell.name}: cannot reuse: it is the first step of ({cell.branch}, u{cell.unit}), "
+                             "no earlier step stores a residual")
+        if mode == DECIDE:
+            keep_consult = False if target == DECIDE else keep_consult
+        new.replace_node(cell, attrs.evolve(cell, mode=target, consult=keep_consult, source=None))
+        groups.add((cell.model, cell.generation, cell.branch, cell.unit))
+    for group in groups:
+        _repoint_reuses(new, group)
+    _check_prefetches(new, groups)
+    return new
+
+
+def _repoint_reuses(graph: Graph, group: tuple) -> None:
+    """Give every reuse of a unit a valid source: kept when still valid, else its latest writer."""
+    for cell in graph.cells(group):
+        if cell.mode != REUSE_MODE:
+            continue
+        if cell.source is not None and cell.check(graph) is None:
+            continue
+        writer = graph.latest_writer(cell)
+        if writer is None:
+            raise GraphError(f"%{cell.name}: reuses, but no earlier step of ({cell.branch}, u{cell.unit}) stores "
+                             "a residual any more")
+        source = writer.step if writer.mode == COMPUTE else None
+        if source != cell.source:
+            graph.replace_node(cell, attrs.evolve(cell, source=source))
+
+
+def _check_prefetches(graph: Graph, groups: set) -> None:
+    """A prefetch whose cell no longer reads, or reads another key, goes; the scheduler may place it again."""
+    for prefetch in graph.nodes(Prefetch):
+        reader = graph.cell_at(prefetch.step, prefetch.branch, prefetch.unit)
+        if reader is not None and (reader.model, reader.generation, reader.branch, reader.unit) in groups:
+            if prefetch.check(graph) is not None:
+                graph.remove_node(prefetch)
+
+
+def reroute_reuse(graph: Graph, cell: Cell | tuple, source: int) -> Graph:
+    """Make `cell` reuse the residual that step `source` of the same unit computed.
+
+    The source cell must always compute; when a newer step would overwrite its residual before the
+    read, the source cell is pinned (it also keeps its residual under a step key).
+    """
+    new = graph.copy()
+    target = _cell(new, cell)
+    src = new.cell_at(source, target.branch, target.unit, target.model) if isinstance(source, int) else None
+    if src is None or src.step >= target.step:
+        raise GraphError(f"%{target.name}: source=s{source}: no earlier cell of ({target.branch}, u{target.unit}) "
+                         "at that step")
+    if src.mode != COMPUTE:
+        raise GraphError(f"%{target.name}: source=s{source}: %{src.name} is in mode {src.mode}; only a cell that "
+                         "always computes is a static source (set_cells(g, 'compute', ...) first)")
+    target = new.replace_node(target, attrs.evolve(target, mode=REUSE_MODE, source=source, consult=target.consult))
+    if new.latest_writer(target) is not src and not src.pin:
+        new.replace_node(src, attrs.evolve(src, pin=True))
+    _check_prefetches(new, {(target.model, target.generation, target.branch, target.unit)})
+    problem = new.cell_at(*target.cell).check(new)
+    if problem:
+        raise GraphError(f"%{target.name}: {problem}")
+    return new
+
+
+def insert_prefetch(graph: Graph, cell: Cell | tuple | Mapping, issue: tuple | None = None) -> Graph:
+    """Add a `Prefetch` for the read of `cell`, issued before cell `issue` = (step, branch, unit).
+
+    A mapping {cell: issue, ...} inserts several at once. A cell that already has a prefetch gets
+    the new one instead.
+    """
+    placements = dict(cell) if isinstance(cell, Mapping) else {cell: issue}
+    new = graph.copy()
+    for target, at in placements.items():
+        reader = _cell(new, target)
+        if at is None or len(tuple(at)) != 3:
+            raise ValueError(f"issue: expected a (step, branch, unit) cell to issue %{reader.name}'s prefetch at, "
+                             f"got {at!r}")
+        for old in new.find(Prefetch, step=reader.step, branch=reader.branch, unit=reader.unit):
+            new.remove_node(old)
+        prefetch = new.add_node(Prefetch(reader.step, reader.branch, reader.unit, new.read_key(reader), tuple(at)))
+        new.add_edge(prefetch, reader, kind=PREFETCH)
+        problem = prefetch.check(new)
+        if problem:
+            raise GraphError(f"%{prefetch.name}: {problem}")
+    return new
+
+
+def remove_prefetch(graph: Graph, prefetch: Prefetch | Cell | tuple) -> Graph:
+    """Drop a prefetch (given itself, or the cell whose read it stages)."""
+    new = graph.copy()
+    if not isinstance(prefetch, Prefetch):
+        reader = _cell(new, prefetch)
+        found = new.find(Prefetch, step=reader.step, branch=reader.branch, unit=reader.unit)
+        if not found:
+            raise ValueError(f"prefetch: %{reader.name} has no prefetch")
+        prefetch = found[0]
+    new.remove_node(prefetch)
+    return new
+
+
+def replace_all_uses_with(graph: Graph, old: Node, new_node: Node) -> Graph:
+    """A new graph where every consumer of `old` reads `new_node` instead (`new_node` is added if absent)."""
+    new = graph.copy()
+    new.add_node(new_node)
+    new.replace_all_uses_with(old, new_node)
+    return new
+
+
+def _cell(graph: Graph, cell: Cell | tuple) -> Cell:
+    triple = cell.cell if isinstance(cell, Cell) else tuple(cell)
+    found = graph.cell_at(*triple) if len(triple) == 3 else None
+    if found is None:
+        raise ValueError(f"cell: no cell {triple!r} (step, branch, unit) in the graph")
+    return found

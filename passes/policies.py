@@ -1,0 +1,122 @@
+"""Built-in cache policies: `teacache`, `fbcache`, `none` (exact algorithms: shared/REFERENCE.md)."""
+
+from __future__ import annotations
+
+from edit.passes.policy import CacheContext, CachePolicy, PolicyState, check_threshold, register_policy, relative_l1
+
+#: TeaCache4Wan2.1 rescaling polynomials (highest degree first): variant -> {use_ret_steps: coefficients}.
+TEACACHE_COEFFICIENTS: dict[str, dict[bool, tuple[float, ...]]] = {
+    "t2v-1.3B": {
+        True: (-5.21862437e+04, 9.23041404e+03, -5.28275948e+02, 1.36987616e+01, -4.99875664e-02),
+        False: (2.39676752e+03, -1.31110545e+03, 2.01331979e+02, -8.29855975e+00, 1.37887774e-01),
+    },
+    "t2v-14B": {
+        True: (-3.03318725e+05, 4.90537029e+04, -2.65530556e+03, 5.87365115e+01, -3.15583525e-01),
+        False: (-5784.54975374, 5449.50911966, -1811.16591783, 256.27178429, -13.02252404),
+    },
+    "i2v-480P": {
+        True: (2.57151496e+05, -3.54229917e+04, 1.40286849e+03, -1.35890334e+01, 1.32517977e-01),
+        False: (-3.02331670e+02, 2.23948934e+02, -5.25463970e+01, 5.87348440e+00, -2.01973289e-01),
+    },
+    "i2v-720P": {
+        True: (8.10705460e+03, 2.13393892e+03, -3.72934672e+02, 1.66203073e+01, -4.17769401e-02),
+        False: (-114.36346466, 65.26524496, -18.82220707, 4.91518089, -0.23412683),
+    },
+}
+
+
+@register_policy("none")
+class NoCache(CachePolicy):
+    """Never skips: the decision/reuse machinery is in place but every unit computes."""
+
+    static_signal = True
+
+    def should_compute(self, ctx: CacheContext) -> bool:
+        return True
+
+
+@register_policy("teacache")
+class TeaCache(CachePolicy):
+    """TeaCache for Wan2.1: accumulate the rescaled relative L1 change of the timestep signal and
+    skip while it stays under `rel_l1_thresh`.
+
+    The signal is `e0` (with `use_ret_steps=True`: steps < 5 always compute) or `e`
+    (`use_ret_steps=False`: the first and last steps always compute). `rel_l1_thresh=0` never skips.
+    """
+
+    static_signal = True
+
+    def __init__(self, *, rel_l1_thresh: float = 0.2, wan_variant: str = "t2v-1.3B",
+                 coefficients: list[float] | tuple[float, ...] | None = None, use_ret_steps: bool = True):
+        self.rel_l1_thresh = check_threshold(rel_l1_thresh)
+        if not isinstance(use_ret_steps, bool):
+            raise TypeError(f"use_ret_steps: expected a bool, got {type(use_ret_steps).__name__}")
+        self.use_ret_steps = use_ret_steps
+        if coefficients is None:
+            if wan_variant not in TEACACHE_COEFFICIENTS:
+                raise ValueError(f"wan_variant: unknown {wan_variant!r}; expected one of "
+                                 f"{', '.join(TEACACHE_COEFFICIENTS)} (or pass coefficients=[...])")
+            coefficients = TEACACHE_COEFFICIENTS[wan_variant][use_ret_steps]
+        else:
+            try:
+                coefficients = tuple(float(c) for c in coefficients)
+            except (TypeError, ValueError):
+                raise TypeError("coefficients: expected a sequence of numbers (highest degree first)") from None
+            if not coefficients:
+                raise ValueError("coefficients: expected at least one number")
+        self.wan_variant = wan_variant
+        self.coefficients = tuple(coefficients)
+        import numpy as np  # here, not at import: registering the built-ins stays cheap
+
+        self.poly = np.poly1d(self.coefficients)
+
+    def reset(self, state: PolicyState) -> None:
+        state.user.update(acc=0.0, prev=None)
+
+    def forced(self, step: int, num_steps: int) -> bool:
+        return step < 5 if self.use_ret_steps else step in (0, num_steps - 1)
+
+    def should_compute(self, ctx: CacheContext) -> bool:
+        s = ctx.state.user
+        signal = ctx.e0 if self.use_ret_steps else ctx.e
+        prev, s["prev"] = s["prev"], signal
+        if self.forced(ctx.step, ctx.num_steps) or prev is None:
+            s["acc"] = 0.0
+            return True
+        s["acc"] += float(self.poly(relative_l1(signal, prev)))
+        if self.rel_l1_thresh > 0 and s["acc"] < self.rel_l1_thresh:
+            return False
+        s["acc"] = 0.0
+        return True
+
+    def describe(self) -> str:
+        return f"teacache(rel_l1_thresh={self.rel_l1_thresh}, {self.wan_variant}, use_ret_steps={self.use_ret_steps})"
+
+
+@register_policy("fbcache")
+class FirstBlockCache(CachePolicy):
+    """First-Block-Cache: block 0 always runs; reuse the rest while its residual changes by less
+    than `rel_l1_thresh` (relative L1) from the residual of the last computed step."""
+
+    needs_first_block_probe = True
+
+    def __init__(self, *, rel_l1_thresh: float = 0.1, warmup_steps: int = 0):
+        self.rel_l1_thresh = check_threshold(rel_l1_thresh)
+        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
+            raise ValueError(f"warmup_steps: expected an int >= 0, got {warmup_steps!r}")
+        self.warmup_steps = warmup_steps
+
+    def reset(self, state: PolicyState) -> None:
+        state.user["prev_r0"] = None
+
+    def should_compute(self, ctx: CacheContext) -> bool:
+        s = ctx.state.user
+        r0, prev = ctx.first_block_residual, s["prev_r0"]
+        hit = (prev is not None and self.rel_l1_thresh > 0 and ctx.step >= self.warmup_steps
+               and relative_l1(r0, prev) < self.rel_l1_thresh)
+        if not hit:
+            s["prev_r0"] = r0  # the reference moves on misses only
+        return not hit
+
+    def describe(self) -> str:
+        return f"fbcache(rel_l1_thresh={self.rel_l1_thresh}, warmup_steps={self.warmup_steps})"

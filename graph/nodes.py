@@ -78,7 +78,7 @@ class Node:
         """Static attributes that are not part of the node's identity, printed after the args."""
         return ""
 
-    def region(self) -> list[str]:
+    def region(self, graph: Graph) -> list[str]:
         """Lines of a nested region (a cell's paths), printed indented under the node."""
         return []
 
@@ -233,17 +233,15 @@ class Cell(_Blocks):
             out += f" source=s{self.source}"
         return out + _model_suffix(self.model)
 
-    def region(self) -> list[str]:
+    def region(self, graph: Graph) -> list[str]:
         lines = []
         if self.mode != REUSE_MODE:
             save = f"save {self.key!r}" + (f", {self.pin_key!r}" if self.pin else "")
             lines.append(f"compute: run blocks {self.blocks[0]}:{self.blocks[1]}; {save}")
         if self.mode != COMPUTE:
-            lines.append(f"reuse: hidden + load {self.read_key_text()}; on a miss run the blocks")
+            saved = "the latest" if self.source is None else f"saved at s{self.source}"
+            lines.append(f"reuse: hidden + load {graph.read_key(self)!r} ({saved}); on a miss run the blocks")
         return lines
-
-    def read_key_text(self) -> str:
-        return "latest " + repr(self.key) if self.source is None else f"from s{self.source}"
 
     def check(self, graph: Graph) -> str | None:
         if self.mode not in CELL_MODES:

@@ -34,7 +34,7 @@ def node_line(graph: Graph, node: Node) -> str:
     control = [f"{d['kind']}<-{_ref(u)}" for u, d in graph.in_edges(node, kind=None) if d["kind"] != DATA]
     if control:
         line += "  [" + " ".join(sorted(control)) + "]"
-    region = node.region()
+    region = node.region(graph)
     if region:
         line += " {\n" + "".join(f"    {r}\n" for r in region) + "  }"
     return line

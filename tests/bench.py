@@ -37,7 +37,7 @@ import torch
 
 from edit import EditWanPipeline, tiny_components
 from edit.cache import calibrate_teacache
-from edit.graph import Unit
+from edit.graph import Cell, Unit
 
 #: Embedded model presets: transformer overrides and the default call size of each.
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -158,7 +158,7 @@ def block_skip_fraction(pipe: EditWanPipeline, call: dict[str, Any]) -> float:
     trace and the block count of each unit (FBCache's probe block 0 always runs)."""
     stats = pipe.cache.stats
     plan = pipe._program_cache[1].graph
-    sizes = {(n.branch, n.unit): n.blocks[1] - n.blocks[0] for n in plan.nx.nodes if isinstance(n, Unit)}
+    sizes = {(n.branch, n.unit): n.blocks[1] - n.blocks[0] for n in plan.nx.nodes if isinstance(n, (Unit, Cell))}
     forwards = len(call["branches"]) * call["num_inference_steps"]
     skipped = sum(trace.count("S") * sizes[key] for key, trace in stats.trace.items())
     return skipped / (forwards * pipe.adapter.num_blocks)

@@ -122,7 +122,7 @@ def test_corrupted_disk_residual_is_recomputed_and_the_rest_reused(tmp_path, unc
 
     pipe, out = cached_run(policy, granularity, store, fold=False, callback_on_step_end=corrupt)
     assert len(damaged) == 1
-    _, branch, unit = damaged[0]
+    _, _, branch, unit = damaged[0]
     assert pipe.cache.stats.recomputed == 1 and pipe.cache.stats.trace == trace
     assert store.stats.tiers[2].lost == 1 and disk.stats.errors == 1 and store.stats.misses == 1
     assert len(store) == len(trace) and damaged[0] in store  # the recompute stored a fresh residual
@@ -153,7 +153,7 @@ def test_store_stats_appear_in_cache_stats(tmp_path):
     stats = pipe.cache.stats
     snap = stats.store
     assert snap == store.stats.as_dict() and snap["puts"] > first["puts"] and snap["hits"] > first["hits"]
-    assert sorted(store.stores[2].keys()) == [(0, "cond", 0), (0, "uncond", 0)]
+    assert sorted(store.stores[2].keys()) == [("transformer", 0, "cond", 0), ("transformer", 0, "uncond", 0)]
     for tier, inner in zip(snap["tiers"], store.stores):
         assert (tier["nbytes"], tier["entries"]) == (inner.nbytes, len(inner)) == (inner.stats.nbytes,
                                                                                 inner.stats.entries)

@@ -13,7 +13,7 @@ from test_render import static_plan
 
 from edit import EditWanPipeline
 from edit.cache import CPUStore, DiskStore, GPUStore, TieredStore
-from edit.graph import PREFETCH, GraphError, Load, Prefetch, RunSpec, Save, lower, verify
+from edit.graph import PREFETCH, Cell, GraphError, Prefetch, RunSpec, Unit, lower, verify
 from edit.passes import apply_policy, make_policy, prefetch_lead, regroup, schedule_prefetch
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -21,13 +21,7 @@ STEPS = 10
 
 
 def cells_in_order(graph):
-    cells = []
-    for node in graph.order():
-        if isinstance(node, (Load, Save)) or type(node).__name__ in ("Decide", "Unit", "Reuse"):
-            cell = (node.step, node.branch, node.unit)
-            if cell not in cells:
-                cells.append(cell)
-    return cells
+    return [(n.step, n.branch, n.unit) for n in graph.order() if isinstance(n, (Unit, Cell))]
 
 
 def test_golden_print():
@@ -50,15 +44,15 @@ def test_each_load_gets_one_prefetch_lead_cells_ahead_but_after_its_save(make, l
     after = verify(schedule_prefetch(graph, lead=lead))
     cells = cells_in_order(graph)
     index = {c: i for i, c in enumerate(cells)}
-    loads = graph.nodes(Load)
+    readers = [c for c in graph.nodes(Cell) if c.mode != "compute"]
     prefetches = after.nodes(Prefetch)
-    assert len(prefetches) == len(loads) > 0
+    assert len(prefetches) == len(readers) > 0
     for p in prefetches:
-        (load,) = [v for _, v, d in after.nx.out_edges(p, data=True) if d["kind"] == PREFETCH]
+        (load,) = after.consumers(p, kind=PREFETCH)
         here = index[(load.step, load.branch, load.unit)]
-        last_save = max(index[(s.step, s.branch, s.unit)] for s in graph.nodes(Save)
-                        if s.key == load.key and index[(s.step, s.branch, s.unit)] < here)
-        assert p.issue == cells[max(here - lead, last_save + 1)]
+        last_save = max(index[c.cell] for c in graph.nodes(Cell)  # the latest earlier write of the unit's key
+                        if c.mode != "reuse" and (c.branch, c.unit) == (load.branch, load.unit) and index[c.cell] < here)
+        assert p.issue == cells[max(here - lead, last_save + 1)] and p.key == load.key
         order = after.order()
         assert order.index(p) < order.index(load)
         issue_nodes = [n for n in order if (getattr(n, "step", None), getattr(n, "branch", None),
@@ -72,17 +66,19 @@ def test_verifier_rules():
     (load,) = good.consumers(p, kind=PREFETCH)
 
     orphan = good.copy()
-    orphan.nx.remove_edge(p, load)
+    orphan.remove_edge(p, load)
     with pytest.raises(GraphError, match=f"%{p.name}: a prefetch needs exactly one prefetch edge"):
         verify(orphan)
 
     late = good.copy()
-    moved = attrs.evolve(p, issue=(load.step + 1, load.branch, load.unit))
-    late.nx.remove_node(p)
-    late.add_node(moved)
-    late.add_edge(moved, load, kind=PREFETCH)
-    with pytest.raises(GraphError, match="not before its load"):
+    late.replace_node(p, attrs.evolve(p, issue=(load.step + 1, load.branch, load.unit)))
+    with pytest.raises(GraphError, match=f"%{p.name}: issued at s{load.step + 1}.* not before its read"):
         verify(late)
+
+    early = good.copy()  # before the step that writes the residual it would stage
+    early.replace_node(p, attrs.evolve(p, issue=(0, "cond", 0)))
+    with pytest.raises(GraphError, match=f"%{p.name}: issued at s0.cond.u0, before %s0.{p.branch}.u{p.unit} writes"):
+        verify(early)
 
 
 def test_lead_and_bad_input():

@@ -7,32 +7,19 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
 import edit.graph.draw as draw_module
-from edit.cache import CachePolicy
-from edit.graph import REUSE, Input, Load, RunSpec, Save, lower, render, to_dot, verify
-from edit.passes import apply_policy, fold_static, make_policy, regroup
+from edit.graph import Cell, Input, RunSpec, lower, render, to_dot, verify
+from edit.passes import apply_policy, make_policy, regroup, set_cells
 
 GOLDEN = Path(__file__).parent / "golden"
 
 
-class OddSteps(CachePolicy):
-    """Static test policy: reuse on odd steps (step 0 is forced to compute by apply_policy)."""
-
-    static_signal = True
-
-    def should_compute(self, ctx):
-        return ctx.step % 2 == 0
-
-
 def static_plan(steps=4, blocks=4, granularity=2, branches=("cond", "uncond")):
+    """A static schedule: every unit reuses on odd steps (set with the public editing API)."""
     spec = RunSpec(num_steps=steps, timesteps=tuple(float(1000 - 100 * i) for i in range(steps)), num_blocks=blocks,
                    branches=branches, guidance_scale=5.0 if len(branches) == 2 else 1.0)
-    policy = OddSteps()
-    graph = apply_policy(regroup(lower(spec), granularity), policy)
-    zeros = torch.zeros(1)
-    return verify(fold_static(graph, policy, lambda step: (zeros, zeros)))
+    return verify(set_cells(regroup(lower(spec), granularity), "reuse", steps=range(1, steps, 2)))
 
 
 def runtime_plan():
@@ -58,9 +45,10 @@ def test_nodes_level_draws_every_node_and_edge_once():
     graph = runtime_plan()
     source = to_dot(graph, level="nodes").source
     assert sorted(node_ids(source)) == sorted(n.name for n in graph)
-    assert len(edges(source)) == len({(u, v, d["kind"]) for u, v, d in graph.nx.edges(data=True)})
-    assert source.count('label=skip') == len(graph.edges("skip")) > 0
-    assert source.count('label=compute') == len(graph.edges("compute")) > 0
+    drawn_reuse = [e for e in edges(source) if "#1c7ed6" in e]  # reuse: from the last writer to each deciding cell
+    assert len(edges(source)) == len({(u, v, d["kind"]) for u, v, d in graph.nx.edges(data=True)}) + len(drawn_reuse)
+    assert sorted(drawn_reuse) == sorted(f'"s0.cond.u{u}" -> "s1.cond.u{u}" [color="#1c7ed6" constraint=false '
+                                         'style=dashed]' for u in (0, 1))
 
 
 def test_units_level_one_box_per_cell_coloured_by_state():
@@ -74,9 +62,9 @@ def test_units_level_one_box_per_cell_coloured_by_state():
             for unit in (0, 1):
                 line = next(line for line in source.splitlines() if f'"cell.{step}.{branch}.{unit}" [' in line)
                 assert f"\\n{state}\"" in line and (("dashed" in line) == (state == "S"))
-    # one reuse edge per (Save cell -> Load cell) pair, drawn between the cells
-    reuse = {(u.step, u.branch, u.unit, v.step) for u, v, _ in graph.edges(REUSE) if isinstance(u, Save)
-             and isinstance(v, Load)}
+    # one reuse edge per reusing cell, drawn from the cell whose residual it reads
+    reuse = {(c.source, c.step, c.branch, c.unit) for c in graph.nodes(Cell) if c.mode == "reuse"}
+    assert all(source_step == step - 1 for source_step, step, _, _ in reuse)
     assert len([e for e in edges(source) if "constraint=false" in e]) == len(reuse) == 2 * 2 * 2
 
 

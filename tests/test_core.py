@@ -1,0 +1,267 @@
+"""Compiler core v2: memory per path, hooks folded or not, user passes, the pipeline text, plan
+binding, diffusers' cache hooks and import layering."""
+
+from __future__ import annotations
+
+import copy
+import gc
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import SIZE, components, generate
+from diffusers import WanPipeline
+
+from edit import EditWanPipeline
+from edit.cache import CachePolicy, apply_cache_on_transformer, remove_cache_from_transformer
+from edit.graph import Cell, RunSpec, lower, verify
+from edit.passes import Pipeline, SetCells, default_pipeline, set_cells
+
+IDENTITY = [1.0, 0.0]
+
+
+# -- memory: every value freed after its last use on the path that ran -------------------------
+
+def live_hidden_tensors(shape: torch.Size) -> int:
+    gc.collect()
+    return sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor) and o.shape == shape)
+
+
+@pytest.mark.parametrize("granularity", ["stack", "per_block", 2])
+@pytest.mark.parametrize("policy, kwargs", [
+    ("fbcache", dict(rel_l1_thresh=10.0)),                                   # every cell after step 0 reused
+    ("teacache", dict(rel_l1_thresh=10.0, coefficients=IDENTITY, fold=False)),  # run-time TeaCache, mostly reused
+], ids=["fbcache", "teacache-unfolded"])
+def test_live_hidden_states_stay_flat_over_the_steps(policy, kwargs, granularity):
+    pipe = EditWanPipeline(**components())
+    pipe.enable_cache(policy, granularity=granularity, **kwargs)
+    steps = 16
+    shapes = set()
+    pipe.cache.add_hook("before_unit", lambda ev: shapes.add(ev.hidden.shape))
+    counts = []
+
+    def count(p, step, t, kw):
+        (hidden_shape,) = shapes  # (batch, tokens, inner dim)
+        counts.append(live_hidden_tensors(hidden_shape))
+        return {}
+    generate(pipe, num_inference_steps=steps, callback_on_step_end=count)
+    stats = pipe.cache.stats
+    assert stats.skipped > stats.computed  # most cells took the reuse path
+    assert len(counts) == steps and counts[0] > 0
+    assert max(counts[2:]) == min(counts[2:]), counts  # flat: nothing kept from step to step beyond the residuals
+
+
+# -- hooks: one decision function, folded or not ------------------------------------------------
+
+def test_the_same_hooks_give_the_same_trace_and_output_folded_or_not():
+    results = []
+    for fold in (True, False):
+        pipe = EditWanPipeline(**components())
+        pipe.enable_cache("teacache", rel_l1_thresh=0.5, coefficients=IDENTITY, fold=fold)
+        seen = {"after_decision": [], "before_unit": 0, "after_unit": 0}
+        pipe.cache.add_hook("after_decision", lambda ev: seen["after_decision"].append(ev.step) or
+                            (True if ev.step == 7 else None))  # force compute at step 7
+        pipe.cache.add_hook("before_unit", lambda ev: seen.__setitem__("before_unit", seen["before_unit"] + 1))
+        pipe.cache.add_hook("after_unit", lambda ev: seen.__setitem__("after_unit", seen["after_unit"] + 1))
+        out = generate(pipe, num_inference_steps=10)
+        results.append((out, pipe.cache.stats.trace, {**seen, "after_decision": list(seen["after_decision"])}))
+        if fold:
+            plan = pipe.compile(10, 5.0, **SIZE)
+            assert plan.cell_at(7, "cond", 0).mode == "compute"  # the override is compiled into the plan
+    (folded, folded_trace, folded_seen), (dynamic, dynamic_trace, dynamic_seen) = results
+    assert folded_trace == dynamic_trace and torch.equal(folded, dynamic)
+    assert folded_trace[("cond", 0)][7] == "C" and "S" in folded_trace[("cond", 0)]
+    assert folded_seen["before_unit"] == dynamic_seen["before_unit"] == 20  # every cell, run time
+    assert folded_seen["after_unit"] == dynamic_seen["after_unit"] == 20
+    assert sorted(folded_seen["after_decision"]) == sorted(dynamic_seen["after_decision"])
+
+
+# -- user passes ------------------------------------------------------------------------------------
+
+STEPS = 9
+FORA_STEPS = [s for s in range(STEPS) if s % 3]  # reuse 2 of every 3 steps
+MIDDLE = [1]  # units of 2 blocks on a 4-block model: u0 (blocks 0:2), u1 (2:4); reuse the later one
+
+
+def fora(graph):
+    """A FORA-style static schedule written with the public editing API."""
+    return set_cells(graph, "reuse", steps=FORA_STEPS, units=MIDDLE)
+
+
+class ForaPolicy(CachePolicy):
+    """The same decisions, made by a policy at run time."""
+
+    def should_compute(self, ctx):
+        return not (ctx.step in FORA_STEPS and ctx.unit_index in MIDDLE)
+
+
+def test_a_fora_style_user_pass_equals_a_policy_making_the_same_decisions():
+    pipe = EditWanPipeline(**components())
+    pipe.enable_cache("none", granularity=2, passes=[fora])
+    out = generate(pipe, num_inference_steps=STEPS)
+    trace = pipe.cache.stats.trace
+    expected = "".join("S" if s in FORA_STEPS else "C" for s in range(STEPS))
+    assert trace == {("cond", 0): "C" * STEPS, ("cond", 1): expected, ("uncond", 0): "C" * STEPS,
+                     ("uncond", 1): expected}
+    assert "fora" in pipe.cache_pipeline
+    plan = pipe.compile(STEPS, 5.0, **SIZE)
+    assert plan.cell_at(2, "cond", 1).source == 0 and "source=s0" in plan.to_text()
+    reference = EditWanPipeline(**components())
+    reference.enable_cache(ForaPolicy(), granularity=2)
+    assert torch.equal(generate(reference, num_inference_steps=STEPS), out)
+    assert reference.cache.stats.trace == trace
+    text_pass = EditWanPipeline(**components())  # the same pass as pipeline text
+    text_pass.enable_cache("none", granularity=2, passes=[SetCells("reuse", steps=FORA_STEPS, units=MIDDLE)])
+    assert torch.equal(generate(text_pass, num_inference_steps=STEPS), out)
+
+
+def test_apply_cache_on_transformer_runs_the_same_default_pipeline():
+    comps = components()
+    pipe = EditWanPipeline(**comps)
+    pipe.enable_cache("fbcache", rel_l1_thresh=0.08, granularity=2, passes=[fora], prefetch=2)
+    expected = generate(pipe, num_inference_steps=STEPS)
+    plain = WanPipeline(**comps)
+    controller = apply_cache_on_transformer(comps["transformer"], "fbcache", rel_l1_thresh=0.08, granularity=2,
+                                            passes=[fora], prefetch=2)
+    try:
+        got = generate(plain, num_inference_steps=STEPS)
+    finally:
+        remove_cache_from_transformer(comps["transformer"])
+    assert controller.stats.trace == pipe.cache.stats.trace and torch.equal(got, expected)
+    assert "S" in pipe.cache.stats.trace[("cond", 1)]
+
+
+def test_pipeline_text_round_trips_and_names_bad_text():
+    text = ("regroup(granularity=2),apply_policy(policy=teacache),fold_static,"
+            "set_cells(mode=reuse, steps=[1, 2], units=[0]),schedule_prefetch(lead=2),dce")
+    pipeline = Pipeline.parse(text)
+    assert str(pipeline) == text and Pipeline.parse(str(pipeline)) == pipeline
+    assert str(default_pipeline(granularity="per_block", policy="fbcache", prefetch=3)) == \
+        "regroup(granularity=per_block),apply_policy(policy=fbcache),fold_static,schedule_prefetch(lead=3),dce"
+    for bad, match in [("regroup(size=2)", "regroup has no parameter 'size'"), ("teleport", "unknown pass 'teleport'"),
+                       ("regroup(granularity=", "not a pipeline"), ("set_cells(mode=x)", "mode")]:
+        with pytest.raises(ValueError, match=match):
+            Pipeline.parse(bad)(lower(RunSpec(num_steps=2, timesteps=(2.0, 1.0), num_blocks=4)))
+
+
+def test_a_full_pipeline_replaces_the_default():
+    pipe = EditWanPipeline(**components())
+    pipe.enable_cache("none", pipeline="regroup(granularity=2),apply_policy(policy=none),fold_static,"
+                                       "set_cells(mode=reuse, steps=[1, 2, 4, 5, 7, 8], units=[1])")
+    out = generate(pipe, num_inference_steps=STEPS)
+    reference = EditWanPipeline(**components())
+    reference.enable_cache("none", granularity=2, passes=[fora])
+    assert torch.equal(out, generate(reference, num_inference_steps=STEPS))
+
+
+# -- plans bound to their model and call --------------------------------------------------------------
+
+def test_a_weight_change_recompiles_the_folded_plan():
+    comps = components()
+    comps["transformer"] = copy.deepcopy(comps["transformer"])  # its weights are changed below
+    pipe = EditWanPipeline(**comps)
+    pipe.enable_cache("teacache", rel_l1_thresh=0.5, coefficients=IDENTITY)
+    generate(pipe, num_inference_steps=10)
+    first = pipe._program_cache[1]
+    generate(pipe, num_inference_steps=10)
+    assert pipe._program_cache[1] is first  # same call, same weights: reused
+    other = components(seed=1)["transformer"].state_dict()
+    pipe.transformer.load_state_dict(other)
+    generate(pipe, num_inference_steps=10)
+    assert pipe._program_cache[1] is not first
+
+
+def test_a_plan_replayed_under_another_call_is_refused_naming_the_field():
+    pipe = EditWanPipeline(**components())
+    plan = pipe.compile(3, 5.0, **SIZE)
+    with pytest.raises(ValueError, match="plan: guidance_scale: the plan was compiled for 5.0, this call has 9.0"):
+        generate(pipe, plan=plan, guidance_scale=9.0)
+    with pytest.raises(ValueError, match="plan: latent_shape"):
+        generate(pipe, plan=plan, width=64)
+    other = EditWanPipeline(**components(seed=1))
+    with pytest.raises(ValueError, match="plan: weights"):
+        generate(other, plan=plan)
+    bf16 = EditWanPipeline(**components(dtype=torch.bfloat16))
+    with pytest.raises(ValueError, match="plan: (weights|dtype)"):
+        generate(bf16, plan=plan)
+
+
+def test_a_plan_with_cells_needs_an_enabled_cache():
+    pipe = EditWanPipeline(**components())
+    plan = set_cells(pipe.compile(3, 5.0, **SIZE), "reuse", steps=[2])
+    with pytest.raises(ValueError, match="cache cells; enable a cache"):
+        generate(pipe, plan=plan)
+
+
+# -- diffusers' own cache hooks -----------------------------------------------------------------------
+
+def _configs():
+    from diffusers import FirstBlockCacheConfig, PyramidAttentionBroadcastConfig, TaylorSeerCacheConfig
+
+    out = [("fbc", lambda pipe: FirstBlockCacheConfig(threshold=0.2)),
+           ("pab", lambda pipe: PyramidAttentionBroadcastConfig(spatial_attention_block_skip_range=2,
+                                                                spatial_attention_timestep_skip_range=(-1, 1001),
+                                                                current_timestep_callback=lambda: pipe.current_timestep)),
+           ("taylorseer", lambda pipe: TaylorSeerCacheConfig(cache_interval=2, disable_cache_before_step=1))]
+    try:
+        from diffusers import MagCacheConfig
+        out.append(("magcache", lambda pipe: MagCacheConfig(mag_ratios=[1.0] * 8, num_inference_steps=8,
+                                                            threshold=0.5, retention_ratio=0.0)))
+    except ImportError:
+        pass
+    return out
+
+
+@pytest.mark.parametrize("name, make", _configs(), ids=[n for n, _ in _configs()])
+def test_diffusers_cache_hooks_run_under_the_edit_runtime(name, make):
+    results = []
+    for cls in (WanPipeline, EditWanPipeline):
+        comps = components()
+        comps["transformer"] = copy.deepcopy(comps["transformer"])  # hooks attach to the model
+        pipe = cls(**comps)
+        pipe.transformer.enable_cache(make(pipe))
+        results.append(generate(pipe, num_inference_steps=8))
+    plain = generate(WanPipeline(**components()), num_inference_steps=8)
+    assert torch.equal(results[0], results[1])
+    if name in ("fbc", "magcache"):  # (PAB and TaylorSeer may leave 8 steps of the tiny model unchanged)
+        assert not torch.equal(results[0], plain)  # the hook did change the run
+
+
+# -- the strict verifier, and runtime errors in IR terms ----------------------------------------------
+
+def test_a_kernel_error_names_the_node_being_executed():
+    pipe = EditWanPipeline(**components())
+    plan = pipe.compile(3, 5.0, **SIZE)
+    calls = []
+
+    def boom(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("shape mismatch deep in torch")
+    pipe.adapter.run_blocks = boom
+    with pytest.raises(RuntimeError, match=r"shape mismatch deep in torch\n  while executing %s0\.cond\.u0 = unit\("):
+        generate(pipe, plan=plan)
+    assert calls == [1]
+
+
+# -- import layering ------------------------------------------------------------------------------------
+
+def test_graph_and_passes_import_without_torch_or_diffusers():
+    code = ("import sys, edit.graph, edit.passes\n"
+            "from edit.passes import Pipeline, make_policy\n"
+            "p = make_policy('teacache', rel_l1_thresh=0.2)\n"
+            "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_verify_after_every_pass_in_debug_mode_names_the_pass():
+    def breaker(graph):
+        g = graph.copy()
+        g.remove_node(g.find(Cell, step=1, branch="cond")[0])
+        return g
+    graph = lower(RunSpec(num_steps=3, timesteps=(3.0, 2.0, 1.0), num_blocks=4))
+    pipeline = Pipeline(list(default_pipeline(policy="none", passes=[breaker]).passes), debug=True)
+    with pytest.raises(ValueError, match=r"after pass breaker: %s1\.cond\.head: input 'hidden' has no producer"):
+        pipeline(graph)
+    assert verify(default_pipeline(policy="none")(graph)) is not None

@@ -37,6 +37,7 @@ class Graph:
         self._order_signature = (0, 0)
         self._by_name: dict[str, Node] = {}
         self._by_step: dict[tuple[type, int | None], list[Node]] = {}
+        self._types: dict[type, dict[int | None, None]] = {}  # kind -> the steps it occurs at
         self._cells: dict[tuple, list[Cell]] = {}  # residual group -> cells sorted by step
 
     # -- construction -------------------------------------------------------------------------
@@ -50,13 +51,24 @@ class Graph:
         if other is not None:
             raise ValueError(f"node: %{node.name} is already in the graph as another record ({other!r})")
         self.nx.add_node(node)
+        self._index(node)
+        self._order = None
+        return node
+
+    def _index(self, node: Node) -> None:
         self._by_name[node.name] = node
-        self._by_step.setdefault((type(node), getattr(node, "step", None)), []).append(node)
+        step = getattr(node, "step", None)
+        self._by_step.setdefault((type(node), step), []).append(node)
+        self._types.setdefault(type(node), {})[step] = None
         if isinstance(node, Cell):
             group = self._cells.setdefault(_cell_group(node), [])
             bisect.insort(group, node, key=lambda c: c.step)
-        self._order = None
-        return node
+
+    def _unindex(self, node: Node) -> None:
+        del self._by_name[node.name]
+        self._by_step[(type(node), getattr(node, "step", None))].remove(node)
+        if isinstance(node, Cell):
+            self._cells[_cell_group(node)].remove(node)
 
     def add_edge(self, src: Node, dst: Node, *, kind: str = DATA, port: str | None = None,
                  select: str | None = None) -> None:
@@ -86,23 +98,27 @@ class Graph:
         if node not in self.nx:
             raise ValueError(f"node: %{getattr(node, 'name', node)} is not in the graph")
         self.nx.remove_node(node)
-        del self._by_name[node.name]
-        bucket = self._by_step[(type(node), getattr(node, "step", None))]
-        bucket.remove(node)
-        if isinstance(node, Cell):
-            self._cells[_cell_group(node)].remove(node)
+        self._unindex(node)
         self._order = None
 
     def replace_node(self, old: Node, new: Node) -> Node:
         """Swap a record for another (e.g. an `attrs.evolve`d one) keeping all its edges."""
-        ins = list(self.nx.in_edges(old, data=True))
-        outs = list(self.nx.out_edges(old, data=True))
-        self.remove_node(old)
-        self.add_node(new)
-        for u, _, d in ins:
-            self.nx.add_edge(u, new, **d)
-        for _, v, d in outs:
-            self.nx.add_edge(new, v, **d)
+        if old not in self.nx:
+            raise ValueError(f"old: %{getattr(old, 'name', old)} is not in the graph")
+        if new in self.nx:
+            raise ValueError(f"new: %{new.name} is already in the graph")
+        g = self.nx
+        self._unindex(old)
+        self._index(new)
+        # rewire the adjacency in place: O(degree), where networkx would re-add edge by edge
+        succ, pred = g._succ, g._pred
+        succ[new], pred[new] = succ.pop(old), pred.pop(old)
+        g._node[new] = g._node.pop(old)
+        for v in succ[new]:
+            pred[v][new] = pred[v].pop(old)
+        for u in pred[new]:
+            succ[u][new] = succ[u].pop(old)
+        self._order = None
         return new
 
     def replace_all_uses_with(self, old: Node, new: Node) -> None:
@@ -118,9 +134,10 @@ class Graph:
     def copy(self) -> Graph:
         new = Graph.__new__(type(self))
         new.__dict__.update(self.__dict__)
-        new.nx = self.nx.copy()
+        new.nx = _copy_nx(self.nx)
         new._by_name = dict(self._by_name)
         new._by_step = {k: list(v) for k, v in self._by_step.items()}
+        new._types = {k: dict(v) for k, v in self._types.items()}
         new._cells = {k: list(v) for k, v in self._cells.items()}
         new._order = None if self._order is None else list(self._order)
         return new
@@ -134,6 +151,10 @@ class Graph:
 
     def __iter__(self) -> Iterator[Node]:
         return iter(self.order())
+
+    def get(self, name: str, default: Any = None) -> Node | Any:
+        """The node printed as `%name`, or `default`."""
+        return self._by_name.get(name.lstrip("%"), default)
 
     def node(self, name: str) -> Node:
         """The node printed as `%name` (with or without the `%`)."""
@@ -149,9 +170,14 @@ class Graph:
         return sorted(self._of_kind(kind, None, False), key=Node.order_key)
 
     def _of_kind(self, kind: type | tuple[type, ...], step: int | None, by_step: bool) -> Iterable[Node]:
-        for (cls, s), bucket in self._by_step.items():
-            if issubclass(cls, kind) and (not by_step or s == step):
-                yield from bucket
+        for cls, steps in self._types.items():
+            if not issubclass(cls, kind):
+                continue
+            if by_step:
+                yield from self._by_step.get((cls, step), ())
+            else:
+                for s in steps:
+                    yield from self._by_step.get((cls, s), ())
 
     def find(self, kind: type | tuple[type, ...] = Node, **fields: Any) -> list[Node]:
         """Nodes of `kind` whose fields equal `fields`, e.g. `g.find(Cell, step=3, branch="cond")`,
@@ -213,7 +239,8 @@ class Graph:
 
     def inputs_of(self, node: Node) -> dict[str, tuple[Node, str | None]]:
         """Data inputs of `node` by port: port -> (producer, select)."""
-        return {d["port"]: (u, d.get("select")) for u, d in self.in_edges(node, DATA)}
+        return {d["port"]: (u, d.get("select")) for u, keydict in self.nx._pred[node].items()
+                for d in keydict.values() if d["kind"] == DATA}
 
     def consumers(self, node: Node, kind: str | None = DATA) -> list[Node]:
         return sorted({v for _, v, d in self.nx.out_edges(node, data=True)
@@ -224,7 +251,7 @@ class Graph:
         the next edit."""
         signature = (self.nx.number_of_nodes(), self.nx.number_of_edges())
         if self._order is None or self._order_signature != signature:  # also catches edits made on .nx
-            self._order = list(nx.lexicographical_topological_sort(self.nx, key=_sort_key))
+            self._order = _ordered(self.nx)
             self._order_signature = signature
         return list(self._order)
 
@@ -246,6 +273,36 @@ def _sort_key(node: Any) -> tuple:
     if isinstance(node, Node):
         return (0,) + node.order_key()
     return (1, repr(node))
+
+
+def _ordered(g: nx.MultiDiGraph) -> list[Node]:
+    """The lexicographic topological order by `_sort_key`. When sorting by the key alone already
+    respects every edge (the lowered graphs, and any that keep diffusers' order), that sort is the
+    answer and costs O(n log n) in C; otherwise networkx's lexicographic topological sort."""
+    nodes = sorted(g.nodes, key=_sort_key)
+    pos = {n: i for i, n in enumerate(nodes)}
+    if all(pos[u] < pos[v] for u, v in g.edges()):
+        return nodes
+    return list(nx.lexicographical_topological_sort(g, key=_sort_key))
+
+
+def _copy_nx(g: nx.MultiDiGraph) -> nx.MultiDiGraph:
+    """A copy of `g` with fresh edge-attribute dicts, built straight from its adjacency (networkx's
+    own `copy` re-adds edge by edge, the costliest part of a pass on a large plan)."""
+    h = g.__class__()
+    h.graph.update(g.graph)
+    h._node = {n: dict(d) for n, d in g._node.items()}
+    succ: dict = {}
+    pred: dict = {n: {} for n in g._node}
+    for u, nbrs in g._succ.items():
+        out = succ[u] = {}
+        for v, keydict in nbrs.items():
+            copied = {k: dict(d) for k, d in keydict.items()}
+            out[v] = copied
+            pred[v][u] = copied  # successor and predecessor views share one key dict, as networkx's do
+    h._succ = h._adj = succ
+    h._pred = pred
+    return h
 
 
 def same_structure(a: Graph, b: Graph) -> bool:

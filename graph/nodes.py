@@ -49,7 +49,7 @@ def _model_suffix(model: str) -> str:
     return "" if model == DEFAULT_MODEL else f" model={model}"
 
 
-@attrs.frozen(order=False)
+@attrs.frozen(order=False, cache_hash=True)
 class Node:
     """Base of every node record.
 
@@ -99,7 +99,7 @@ class Node:
         )
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)
 class Input(Node):
     """A run input: `latents`, or the text embeddings of one CFG branch (`text.cond`)."""
 
@@ -113,7 +113,7 @@ class Input(Node):
         return self.value
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)
 class Embed(Node):
     """Non-block work before the stack: patch embedding, RoPE, time and text condition embedding.
 
@@ -136,7 +136,7 @@ class Embed(Node):
         return _model_suffix(self.model).strip()
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)
 class _Blocks(Node):
     """Base of the nodes that run blocks[start:stop] of one model."""
 
@@ -149,7 +149,7 @@ class _Blocks(Node):
         return f"blocks={self.blocks[0]}:{self.blocks[1]}" + _model_suffix(self.model)
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)
 class Unit(_Blocks):
     """One uncached block group: blocks[start:stop] of the transformer stack, always computed."""
 
@@ -163,7 +163,7 @@ class Unit(_Blocks):
         return f"s{self.step}.{self.branch}.u{self.unit}"
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)
 class Probe(_Blocks):
     """First-Block-Cache probe: block 0 always runs; yields its output and residual (out0 - x)."""
 
@@ -183,7 +183,7 @@ def residual_key(model: str, generation: int, branch: str, unit: int, step: int 
     return key if step is None else key + (step,)
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)
 class Cell(_Blocks):
     """A cached unit as one region: decide, then compute (run blocks, save) or reuse (load, add).
 
@@ -268,7 +268,7 @@ class Cell(_Blocks):
         return None
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)
 class Prefetch(Node):
     """Stage the residual a cell will read toward the device ahead of the read (`prefetch` edge to
     that cell), so a slow tier's transfer overlaps compute. `issue` is the (step, branch, unit)
@@ -311,7 +311,7 @@ class Prefetch(Node):
         return None
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)
 class Head(Node):
     """Output norm, projection and unpatchify: hidden states to the noise prediction."""
 
@@ -330,7 +330,7 @@ class Head(Node):
         return _model_suffix(self.model).strip()
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)
 class Guide(Node):
     """Classifier-free guidance: uncond + scale * (cond - uncond)."""
 
@@ -353,7 +353,7 @@ class Guide(Node):
         return None
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)
 class Update(Node):
     """Scheduler step x_t -> x_{t-1} at the spec's timestep of `step`; the step-end callback runs right after it."""
 
@@ -366,7 +366,7 @@ class Update(Node):
         return f"s{self.step}.update"
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)
 class Output(Node):
     """The final latents of the run."""
 

@@ -60,7 +60,8 @@ def verify(graph: Graph) -> Graph:
         path = " -> ".join(_name(e[0]) for e in cycle) + f" -> {_name(cycle[0][0])}"
         raise GraphError(f"cycle through {_name(cycle[0][0])}: {path}")
     for node in sorted(g.nodes, key=Node.order_key):
-        ports = Counter(d["port"] for _, _, d in g.in_edges(node, data=True) if d["kind"] == DATA)
+        ports = Counter(d["port"] for keydict in g._pred[node].values() for d in keydict.values()
+                        if d["kind"] == DATA)
         for port in node.inputs:
             if ports[port] == 0:
                 raise GraphError(f"{_name(node)}: input {port!r} has no producer")

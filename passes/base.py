@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import attrs
 
-from edit.graph import Graph, same_structure, verify
+from edit.graph import Graph, verify
 
 #: pass name -> pass class (or function), filled by `register_pass`; `Pipeline.parse` looks names up here.
 PASSES: dict[str, Any] = {}
@@ -129,9 +129,9 @@ class Pipeline:
             if new is graph:
                 records.append(PassRecord(pass_text(p), False, 0, 0, seconds))
             else:
-                before, after = set(graph.nx.nodes), set(new.nx.nodes)
-                records.append(PassRecord(pass_text(p), not same_structure(new, graph), len(after - before),
-                                          len(before - after), seconds))
+                before, after = graph.nx.nodes, new.nx.nodes  # a pass returns its input when it changes nothing
+                records.append(PassRecord(pass_text(p), True, sum(n not in before for n in after),
+                                          sum(n not in after for n in before), seconds))
             graph = new
         return graph, records
 

@@ -168,7 +168,8 @@ def insert_prefetch(graph: Graph, cell: Cell | tuple | Mapping, issue: tuple | N
         if at is None or len(tuple(at)) != 3:
             raise ValueError(f"issue: expected a (step, branch, unit) cell to issue %{reader.name}'s prefetch at, "
                              f"got {at!r}")
-        for old in new.find(Prefetch, step=reader.step, branch=reader.branch, unit=reader.unit):
+        old = new.get(f"{reader.name}.prefetch")
+        if old is not None:
             new.remove_node(old)
         prefetch = new.add_node(Prefetch(reader.step, reader.branch, reader.unit, new.read_key(reader), tuple(at)))
         new.add_edge(prefetch, reader, kind=PREFETCH)

@@ -5,7 +5,9 @@ It lives in `edit.passes` because passes bind and fold policies; users import it
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
@@ -17,8 +19,34 @@ if TYPE_CHECKING:  # the policy API imports no torch: `import edit.passes` stays
 REGISTRY: dict[str, type[CachePolicy]] = {}
 
 
+#: While folding, every unit of a step sees the same signal tensors: their relative change is
+#: computed once per pair (`memoized_relative_l1`), not once per unit.
+_MEMO: contextvars.ContextVar[dict | None] = contextvars.ContextVar("relative_l1_memo", default=None)
+
+
+@contextlib.contextmanager
+def memoized_relative_l1() -> Iterator[None]:
+    token = _MEMO.set({})
+    try:
+        yield
+    finally:
+        _MEMO.reset(token)
+
+
 def relative_l1(cur: torch.Tensor, prev: torch.Tensor) -> float:
     """mean(|cur - prev|) / mean(|prev|), computed in float32, as a Python float."""
+    memo = _MEMO.get()
+    if memo is not None:
+        hit = memo.get((id(cur), id(prev)))
+        if hit is not None and hit[0] is cur and hit[1] is prev:
+            return hit[2]
+    value = _relative_l1(cur, prev)
+    if memo is not None:
+        memo[(id(cur), id(prev))] = (cur, prev, value)  # holding the tensors keeps their ids unique
+    return value
+
+
+def _relative_l1(cur: torch.Tensor, prev: torch.Tensor) -> float:
     cur, prev = cur.float(), prev.float()
     return ((cur - prev).abs().mean() / prev.abs().mean()).item()
 

@@ -9,7 +9,7 @@ import attrs
 import torch
 
 from edit.graph import COMPUTE, DECIDE, Cell
-from edit.passes.policy import CacheContext, CachePolicy, PolicyState
+from edit.passes.policy import CacheContext, CachePolicy, PolicyState, memoized_relative_l1
 
 HOOK_EVENTS = ("before_unit", "after_decision", "after_unit")
 
@@ -213,18 +213,23 @@ class CacheController:
         """Decide, ahead of time, every cell the policy sees, from the static `signals(step)` — with
         fresh policy states, in execution order, through `decide` (hooks included)."""
         states: dict[tuple[str, int], PolicyState] = {}
-        cache: dict[int, dict[str, Any]] = {}
         cells = [c for c in graph.nodes(Cell) if c.mode == DECIDE or c.consult]
         units: dict[tuple, int] = {}
         for c in graph.nodes(Cell):
             units[(c.step, c.branch)] = units.get((c.step, c.branch), 0) + 1
         num_units = max(units.values(), default=0)
+        with memoized_relative_l1():
+            return self._decide_all(cells, signals, graph.spec.num_steps, num_units, states)
+
+    def _decide_all(self, cells: list[Cell], signals: Callable, num_steps: int, num_units: int,
+                    states: dict) -> dict[tuple, bool]:
+        cache: dict[int, dict[str, Any]] = {}
         out = {}
         for cell in cells:
             if cell.step not in cache:
                 cache[cell.step] = signals(cell.step)
-            context = self.context(cell, signals=cache[cell.step], num_steps=graph.spec.num_steps,
-                                   num_units=num_units, states=states)
+            context = self.context(cell, signals=cache[cell.step], num_steps=num_steps, num_units=num_units,
+                                   states=states)
             out[cell.cell] = self.decide(cell, context)
         return out
 

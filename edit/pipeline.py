@@ -123,7 +123,7 @@ class EditWanPipeline(WanPipeline):
         graph, self.pass_records = pipeline.run(lower(spec))
         if not pipeline.debug:
             verify(graph)
-        return Plan.from_graph(graph, pipeline=str(pipeline), fingerprint=fingerprint)
+        return Plan.from_graph(graph, pipeline=str(pipeline), fingerprint=fingerprint, copy=False)
 
     def pass_report(self) -> str:
         """What each pass of the last compile did (`PassRecord`s, one line each)."""
@@ -157,9 +157,11 @@ class EditWanPipeline(WanPipeline):
         state = RunState(adapter=self.adapter, scheduler=None, timesteps=timesteps, inputs={},
                          expand_timesteps=bool(self.config.expand_timesteps))
 
+        adapter, dtype = self.adapter, self.transformer.dtype
+
         def signals(step: int):
             with torch.no_grad():
-                return self.adapter.time_signals(state.timestep(step, probe), self.transformer.dtype)
+                return adapter.time_signals(state.timestep(step, probe), dtype)
         return signals
 
     def _fingerprint(self, spec: RunSpec, shape: tuple) -> dict[str, Any]:

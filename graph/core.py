@@ -80,7 +80,16 @@ class Graph:
                 raise ValueError(f"{what}: {getattr(end, 'name', end)!r} is not a node of the graph")
         if kind == DATA and not port:
             raise ValueError(f"port: a data edge %{src.name} -> %{dst.name} needs the consumer's port")
-        self.nx.add_edge(src, dst, kind=kind, port=port, select=select)
+        # written into the adjacency directly: networkx's add_edge costs several times more
+        g = self.nx
+        keydict = g._succ[src].get(dst)
+        if keydict is None:
+            keydict = g._succ[src][dst] = {}
+            g._pred[dst][src] = keydict
+        key = len(keydict)
+        while key in keydict:
+            key += 1
+        keydict[key] = {"kind": kind, "port": port, "select": select}
         self._order = None
 
     def remove_edge(self, src: Node, dst: Node, *, kind: str | None = None, port: str | None = None) -> None:

@@ -39,10 +39,11 @@ CELL_MODES = (COMPUTE, REUSE_MODE, DECIDE)
 EMBED_OUTPUTS = ("hidden", "e", "e0", "encoder_hidden", "rotary", "grid")
 
 
+_RANKS = {None: -1, **{b: i for i, b in enumerate(BRANCHES)}}
+
+
 def _branch_rank(branch: str | None) -> int:
-    if branch is None:
-        return -1
-    return BRANCHES.index(branch) if branch in BRANCHES else len(BRANCHES)
+    return _RANKS.get(branch, len(BRANCHES))
 
 
 def _model_suffix(model: str) -> str:

@@ -19,9 +19,11 @@ class Plan(Graph):
     fingerprint: dict[str, Any]
 
     @classmethod
-    def from_graph(cls, graph: Graph, *, pipeline: str = "", fingerprint: dict[str, Any] | None = None) -> Plan:
+    def from_graph(cls, graph: Graph, *, pipeline: str = "", fingerprint: dict[str, Any] | None = None,
+                   copy: bool = True) -> Plan:
+        """A plan of `graph` (a copy of it; with `copy=False` it takes over `graph` itself)."""
         plan = cls.__new__(cls)
-        plan.__dict__.update(graph.copy().__dict__)
+        plan.__dict__.update((graph.copy() if copy else graph).__dict__)
         plan.pipeline = pipeline
         plan.fingerprint = dict(fingerprint or {})
         return plan

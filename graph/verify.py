@@ -6,6 +6,7 @@ runtime and computes what it prints.
 
 from __future__ import annotations
 
+import gc
 from collections import Counter, defaultdict
 
 import networkx as nx
@@ -35,6 +36,17 @@ def verify(graph: Graph) -> Graph:
     """
     if not isinstance(graph, Graph):
         raise TypeError(f"graph: expected an edit.graph.Graph, got {type(graph).__name__}")
+    enabled = gc.isenabled()
+    gc.disable()  # no garbage cycles made here; a collection would walk the whole heap mid-check
+    try:
+        _verify(graph)
+    finally:
+        if enabled:
+            gc.enable()
+    return graph
+
+
+def _verify(graph: Graph) -> None:
     g = graph.nx
     names: dict[str, Node] = {}
     for node in g.nodes:
@@ -55,11 +67,13 @@ def verify(graph: Graph) -> Graph:
         if select is not None and select not in u.outputs:
             raise GraphError(f"{_name(v)}: input {data.get('port')!r} selects {select!r} of {_name(u)}, which yields "
                              + (f"only {u.outputs}" if u.outputs else "a single value (no select)"))
-    if not nx.is_directed_acyclic_graph(g):  # linear time; find_cycle only to name the cycle
+    try:
+        order = graph.order()  # a topological order (kept for compile_program): none exists with a cycle
+    except nx.NetworkXUnfeasible:
         cycle = nx.find_cycle(g)
         path = " -> ".join(_name(e[0]) for e in cycle) + f" -> {_name(cycle[0][0])}"
-        raise GraphError(f"cycle through {_name(cycle[0][0])}: {path}")
-    for node in sorted(g.nodes, key=Node.order_key):
+        raise GraphError(f"cycle through {_name(cycle[0][0])}: {path}") from None
+    for node in order:
         ports = Counter(d["port"] for keydict in g._pred[node].values() for d in keydict.values()
                         if d["kind"] == DATA)
         for port in node.inputs:
@@ -76,7 +90,6 @@ def verify(graph: Graph) -> Graph:
             raise GraphError(f"{_name(node)}: {problem}")
     if graph.spec is not None:
         _check_against_spec(graph)
-    return graph
 
 
 def _check_against_spec(graph: Graph) -> None:

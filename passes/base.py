@@ -15,9 +15,11 @@ True
 from __future__ import annotations
 
 import ast
+import contextlib
+import gc
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar
 
 import attrs
@@ -91,6 +93,19 @@ class PassRecord:
         return f"{self.name}: {what} ({self.seconds * 1000:.1f} ms)"
 
 
+@contextlib.contextmanager
+def paused_gc() -> Iterator[None]:
+    """Passes make many small dicts and records but no garbage cycles; a cyclic collection in the
+    middle of one walks the whole heap (a model's worth of objects), so it waits until the end."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def _check_passes(inst: Pipeline, attribute: attrs.Attribute, value: tuple) -> None:
     for p in value:
         if not callable(p):
@@ -114,6 +129,10 @@ class Pipeline:
         return self.run(graph)[0]
 
     def run(self, graph: Graph) -> tuple[Graph, list[PassRecord]]:
+        with paused_gc():
+            return self._run(graph)
+
+    def _run(self, graph: Graph) -> tuple[Graph, list[PassRecord]]:
         records = []
         for p in self.passes:
             start = time.perf_counter()

@@ -55,12 +55,13 @@ def cells_from_units(graph: Graph) -> Graph:
     return new
 
 
-def set_cells(graph: Graph, mode: str, *, steps: Iterable[int] | None = None, branches: Iterable[str] | None = None,
-              units: Iterable[int] | None = None, cells: Iterable[Any] | None = None,
-              consult: bool | None = None) -> Graph:
+def set_cells(graph: Graph, mode: str | Mapping[Any, str], *, steps: Iterable[int] | None = None,
+              branches: Iterable[str] | None = None, units: Iterable[int] | None = None,
+              cells: Iterable[Any] | None = None, consult: bool | None = None) -> Graph:
     """Set the mode of the selected cells: "compute", "reuse" or "decide" (None selects all).
 
-    `cells` selects explicit (step, branch, unit) triples (or `Cell` records) instead. A graph with
+    `cells` selects explicit (step, branch, unit) triples (or `Cell` records) instead; `mode` may
+    also be a mapping {cell: mode} that sets each of its cells to its own mode. A graph with
     plain units gets cells first (every cell computing). "reuse" reads the residual of the unit's
     latest earlier writer (printed `source=sN` when that step always computes); "decide" hands the
     cell to the bound policy at run time, except on a unit's first step, which has nothing to reuse
@@ -68,8 +69,16 @@ def set_cells(graph: Graph, mode: str, *, steps: Iterable[int] | None = None, br
     still sees a cell whose path is fixed. Reuses later in the same units are re-pointed when the
     edit changed which step they read.
     """
-    if mode not in CELL_MODES:
-        raise ValueError(f"mode: expected one of {CELL_MODES}, got {mode!r}")
+    if isinstance(mode, Mapping):
+        if any(x is not None for x in (steps, branches, units, cells)):
+            raise ValueError("mode: a {cell: mode} mapping selects its own cells; give no other selection")
+        modes = {(k.cell if isinstance(k, Cell) else tuple(k)): v for k, v in mode.items()}
+        cells = list(modes)
+    else:
+        modes = None
+    for m in (modes.values() if modes is not None else (mode,)):
+        if m not in CELL_MODES:
+            raise ValueError(f"mode: expected one of {CELL_MODES}, got {m!r}")
     if consult is not None and not isinstance(consult, bool):
         raise TypeError(f"consult: expected None or a bool, got {type(consult).__name__}")
     new = graph.copy() if any(isinstance(n, Cell) for n in graph.nodes(Cell)) else cells_from_units(graph)
@@ -86,9 +95,11 @@ def set_cells(graph: Graph, mode: str, *, steps: Iterable[int] | None = None, br
     else:
         chosen = select_cells(new, steps=steps, branches=branches, units=units)
     groups = set()
+    wanted = {c.cell: modes[c.cell] if modes is not None else mode for c in chosen}
     for cell in sorted(chosen, key=lambda c: c.step):
         cell = new.cell_at(cell.step, cell.branch, cell.unit, cell.model)  # the record as edited so far
         earlier = new.previous_cell(cell)
+        mode = wanted[cell.cell]
         target, keep_consult = mode, cell.consult if consult is None else consult
         if mode == DECIDE and earlier is None:
             target, keep_consult = COMPUTE, True
@@ -97,7 +108,9 @@ def set_cells(graph: Graph, mode: str, *, steps: Iterable[int] | None = None, br
                              "no earlier step stores a residual")
         if mode == DECIDE:
             keep_consult = False if target == DECIDE else keep_consult
-        new.replace_node(cell, attrs.evolve(cell, mode=target, consult=keep_consult, source=None))
+        edited = attrs.evolve(cell, mode=target, consult=keep_consult, source=None)
+        if edited != cell:
+            new.replace_node(cell, edited)
         groups.add((cell.model, cell.generation, cell.branch, cell.unit))
     for group in groups:
         _repoint_reuses(new, group)

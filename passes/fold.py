@@ -28,10 +28,8 @@ def fold_static(graph: Graph, decisions: Decisions | None) -> Graph:
     if not seen:
         return graph
     chosen = decisions(graph)
-    compute = [c.cell for c in seen if c.mode == COMPUTE or (c.mode == DECIDE and chosen[c.cell])]
-    reuse = [c.cell for c in seen if c.mode == REUSE_MODE or (c.mode == DECIDE and not chosen[c.cell])]
-    graph = set_cells(graph, COMPUTE, cells=compute, consult=False)
-    return set_cells(graph, REUSE_MODE, cells=reuse, consult=False) if reuse else graph
+    modes = {c.cell: c.mode if c.mode != DECIDE else COMPUTE if chosen[c.cell] else REUSE_MODE for c in seen}
+    return set_cells(graph, modes, consult=False)
 
 
 @register_pass

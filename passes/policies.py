@@ -25,6 +25,20 @@ TEACACHE_COEFFICIENTS: dict[str, dict[bool, tuple[float, ...]]] = {
 }
 
 
+class _Horner:
+    """`numpy.poly1d(coefficients)` on a Python float: the same float64 Horner steps numpy's
+    `polyval` takes (y = y * x + c from y = 0), so the same bits, without numpy's per-call cost."""
+
+    def __init__(self, coefficients: tuple[float, ...]):
+        self.coefficients = coefficients
+
+    def __call__(self, x: float) -> float:
+        y = 0.0
+        for c in self.coefficients:
+            y = y * x + c
+        return y
+
+
 @register_policy("none")
 class NoCache(CachePolicy):
     """Never skips: the decision/reuse machinery is in place but every unit computes."""
@@ -66,9 +80,7 @@ class TeaCache(CachePolicy):
                 raise ValueError("coefficients: expected at least one number")
         self.wan_variant = wan_variant
         self.coefficients = tuple(coefficients)
-        import numpy as np  # here, not at import: registering the built-ins stays cheap
-
-        self.poly = np.poly1d(self.coefficients)
+        self.poly = _Horner(self.coefficients)
 
     def reset(self, state: PolicyState) -> None:
         state.user.update(acc=0.0, prev=None)

@@ -17,6 +17,7 @@ import attrs
 
 from edit.graph import Cell, Graph, Input, Node, Output, Unit, Update, verify
 from edit.graph.text import node_line
+from edit.passes.base import paused_gc
 
 #: node type -> kernel(state, node, **inputs) -> value. Extended with `register_kernel`.
 KERNELS: dict[type, Callable[..., Any]] = {}
@@ -132,6 +133,11 @@ def _in_node(err: Exception, graph: Graph, node: Node) -> Exception:
 
 def compile_program(graph: Graph, *, check: bool = True) -> Program:
     """Linearize `graph` (verified first when `check`) into a `Program` with last-use frees."""
+    with paused_gc():
+        return _compile(graph, check)
+
+
+def _compile(graph: Graph, check: bool) -> Program:
     if check:
         verify(graph)
     order = graph.order()

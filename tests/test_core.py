@@ -265,3 +265,111 @@ def test_verify_after_every_pass_in_debug_mode_names_the_pass():
     with pytest.raises(ValueError, match=r"after pass breaker: %s1\.cond\.head: input 'hidden' has no producer"):
         pipeline(graph)
     assert verify(default_pipeline(policy="none")(graph)) is not None
+
+
+# -- verify rejects each malformed edit, naming the node ---------------------------------------------
+
+def _plan(**kw):
+    from edit.passes import apply_policy, regroup
+    spec = RunSpec(num_steps=4, timesteps=(4.0, 3.0, 2.0, 1.0), num_blocks=4, **kw)
+    return apply_policy(regroup(lower(spec), 2), "fbcache")
+
+
+def _evolve(graph, name, **changes):
+    import attrs
+    g = graph.copy()
+    g.replace_node(g.node(name), attrs.evolve(g.node(name), **changes))
+    return g
+
+
+def _static():
+    return set_cells(lower(RunSpec(num_steps=4, timesteps=(4.0, 3.0, 2.0, 1.0), num_blocks=4, granularity=2)),
+                     "reuse", steps=[1, 3])
+
+
+def _edge_select(g):
+    g = g.copy()
+    head = g.node("s0.cond.head")
+    cell = g.node("s0.cond.u1")
+    g.remove_edge(cell, head, port="hidden")
+    g.add_edge(cell, head, port="hidden", select="hidden")
+    return g
+
+
+def _drop_last_step(g):
+    g = g.copy()
+    for node in list(g.find(step=3)):
+        g.remove_node(node)
+    g.add_edge(g.node("s2.update"), g.node("out"), port="latents")
+    return g
+
+
+def _bogus_input(g):
+    from edit.graph import Input
+    g = g.copy()
+    g.replace_all_uses_with(g.node("in.text.cond"), g.add_node(Input("text.bogus")))
+    return g
+
+
+def _same_name(g):
+    from edit.graph import Unit
+    g = g.copy()
+    g.nx.add_node(Unit(0, "cond", 0, (0, 2)))  # a second record printing as %s0.cond.u0, behind the API's back
+    return g
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: _evolve(_plan(), "s1.cond.u1", blocks=(3, 9)), r"%s1\.cond\.u1: blocks 3:9 are not a non-empty range"),
+    (lambda: _evolve(_plan(), "s1.cond.u1", blocks=(4, 3)), r"%s1\.cond\.u1: blocks 4:3 are not a non-empty range"),
+    (lambda: _evolve(_plan(), "s1.cond.u1", blocks=(2, 4)), r"%s1\.cond\.u1: blocks 2:4 overlap an earlier unit"),
+    (lambda: _evolve(_plan(), "s2.cond.embed", step=-1), r"%s-1\.cond\.embed: step -1 is outside the spec"),
+    (lambda: _evolve(_plan(), "s2.cond.embed", step=99), r"%s99\.cond\.embed: step 99 is outside the spec"),
+    (lambda: _drop_last_step(_plan()), r"%s3\.cond\.embed: missing; the spec runs step 3"),
+    (lambda: _evolve(_static(), "s3.cond.u1", source=0), r"%s3\.cond\.u1: source=s0: its residual is overwritten "
+                                                         r"by %s2\.cond\.u1"),
+    (lambda: _evolve(_static(), "s3.cond.u1", source=1), r"%s3\.cond\.u1: source=s1: that cell is in mode reuse"),
+    (lambda: _evolve(_static(), "s0.cond.u1", mode="reuse"), r"%s0\.cond\.u1: mode reuse but no earlier step"),
+    (lambda: _bogus_input(_plan()), r"%in\.text\.bogus: unknown run input 'text\.bogus'"),
+    (lambda: _edge_select(_plan()), r"%s0\.cond\.head: input 'hidden' selects 'hidden' of %s0\.cond\.u1, which "
+                                    r"yields a single value"),
+    (lambda: _evolve(_plan(), "s1.guide", scale=9.0), r"%s1\.guide: scale 9\.0 differs from the spec's"),
+    (lambda: _evolve(_plan(), "s1.cond.u0", mode="skip"), r"%s1\.cond\.u0: mode 'skip' is not one of"),
+    (lambda: _same_name(_plan()), r"dangling node: %s0\.cond\.u0 is not a node of the graph"),
+])
+def test_verify_rejects_malformed_plans_naming_the_node(make, match):
+    from edit.graph import GraphError
+    with pytest.raises(GraphError, match=match):
+        verify(make())
+
+
+def test_editing_api_keeps_graphs_valid_or_names_the_node():
+    from edit.graph import GraphError, Prefetch
+    from edit.passes import dce, insert_prefetch, remove_prefetch, reroute_reuse
+    g = _static()
+    rerouted = verify(reroute_reuse(g, (3, "cond", 1), 0))  # past the newer write at s2: s0 gets pinned
+    assert rerouted.node("s0.cond.u1").pin and rerouted.node("s3.cond.u1").source == 0
+    assert rerouted.read_key(rerouted.node("s3.cond.u1")) == ("transformer", 0, "cond", 1, 0)
+    assert not g.node("s0.cond.u1").pin  # the input graph is left as it was
+    with pytest.raises(GraphError, match=r"%s3\.cond\.u1: source=s1: %s1\.cond\.u1 is in mode reuse"):
+        reroute_reuse(g, (3, "cond", 1), 1)
+    staged = verify(insert_prefetch(g, (3, "cond", 1), (3, "cond", 0)))
+    assert [p.name for p in staged.nodes(Prefetch)] == ["s3.cond.u1.prefetch"]
+    with pytest.raises(GraphError, match=r"%s3\.cond\.u1\.prefetch: issued at s1\.cond\.u0, before %s2\.cond\.u1 writes"):
+        insert_prefetch(g, (3, "cond", 1), (1, "cond", 0))
+    assert not remove_prefetch(staged, (3, "cond", 1)).nodes(Prefetch)
+    assert dce(g) is g  # nothing dead
+    with pytest.raises(GraphError, match=r"%s0\.cond\.u0: cannot reuse: it is the first step"):
+        set_cells(g, "reuse", steps=[0])
+    from edit.graph import Unit
+    with pytest.raises(ValueError, match=r"node: %s0\.cond\.u0 is already in the graph as another record"):
+        g.copy().add_node(Unit(0, "cond", 0, (0, 2)))
+    recomputed = set_cells(g, "compute", steps=[2])  # s3 now reads s2
+    assert recomputed.node("s3.cond.u1").source == 2
+
+
+def test_a_run_time_plan_with_a_user_edit_runs_and_counts_its_static_cells():
+    pipe = EditWanPipeline(**components())
+    pipe.enable_cache("fbcache", rel_l1_thresh=0.0, granularity=2,  # never skips by itself
+                      passes=[lambda g: set_cells(g, "reuse", steps=[3], units=[1])])
+    generate(pipe, num_inference_steps=5)
+    assert pipe.cache.stats.trace[("cond", 1)] == "CCCSC" and pipe.cache.stats.trace[("cond", 0)] == "CCCCC"

@@ -1,0 +1,91 @@
+"""Compile time of a large plan: lower + the default pipeline + verify + compile_program.
+
+50 steps x 2 CFG branches x 40 blocks, per-block cells (4,000 cells), on the embedded model's
+config (40 layers, tiny width: compiling does not depend on the width), for
+- TeaCache folded into a static schedule, with prefetches scheduled (lead 2);
+- FBCache decided at run time.
+Also the time of a `find` / cell query at that size. Target: < 0.5 s per plan, < 1 ms per query.
+Runs in one process, median of --repeats; writes JSON.
+
+    python tests/bench_compile.py [--repeats 5] [--out bench_compile.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import json
+import statistics
+import time
+
+import torch
+
+from edit import EditWanPipeline, tiny_components
+from edit.graph import Cell, lower, verify
+from edit.runtime import compile_program
+
+STEPS, BLOCKS = 50, 40
+SIZE = dict(height=32, width=48, num_frames=9)
+
+
+def compile_once(pipe: EditWanPipeline) -> tuple[dict[str, float], object]:
+    import gc
+    if os.environ.get("NOGC"): gc.disable()
+    """The phases of `pipe`'s own compile path, timed separately."""
+    spec = pipe.run_spec(STEPS, 5.0)
+    shape = pipe._latent_shape(1, SIZE["num_frames"], SIZE["height"], SIZE["width"])
+    timesteps = pipe._timesteps(STEPS, "cpu")
+    t0 = time.perf_counter()
+    graph = lower(spec)
+    t1 = time.perf_counter()
+    plan = pipe.build_plan(spec, pipe._signals(timesteps, shape), pipe._fingerprint(spec, shape))  # passes + verify
+    t2 = time.perf_counter()
+    program = compile_program(plan, check=False)
+    t3 = time.perf_counter()
+    assert len(program) == len(plan)
+    return {"lower": t1 - t0, "passes+verify": t2 - t1, "compile_program": t3 - t2, "total": t3 - t0}, plan
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", default="bench_compile.json")
+    args = parser.parse_args()
+    pipe = EditWanPipeline(**tiny_components(0, num_layers=BLOCKS))
+    arms = {
+        "teacache_folded_prefetch": dict(policy="teacache", rel_l1_thresh=0.2, granularity="per_block", prefetch=2),
+        "fbcache_runtime": dict(policy="fbcache", rel_l1_thresh=0.1, granularity="per_block"),
+    }
+    result = {"steps": STEPS, "blocks": BLOCKS, "branches": 2, "repeats": args.repeats, "arms": {}}
+    with torch.no_grad():
+        for name, settings in arms.items():
+            pipe.enable_cache(**settings)
+            runs, plan = [], None
+            for _ in range(args.repeats):
+                phases, plan = compile_once(pipe)
+                runs.append(phases)
+            verify(plan)
+            query = []
+            for i in range(200):
+                start = time.perf_counter()
+                found = plan.find(Cell, step=i % STEPS, branch="cond", unit=i % 39)
+                query.append(time.perf_counter() - start)
+                assert len(found) == 1
+            result["arms"][name] = {
+                "nodes": len(plan), "edges": plan.nx.number_of_edges(), "pipeline": plan.pipeline,
+                "median_s": {k: round(statistics.median(r[k] for r in runs), 4) for k in runs[0]},
+                "passes_ms": {r.name: round(r.seconds * 1000, 1) for r in pipe.pass_records},
+                "find_ms": round(statistics.median(query) * 1000, 4),
+            }
+            arm = result["arms"][name]
+            print(f"{name}: {arm['nodes']} nodes; total {arm['median_s']['total']:.3f} s "
+                  f"(lower {arm['median_s']['lower']:.3f}, passes+verify {arm['median_s']['passes+verify']:.3f}, "
+                  f"compile_program {arm['median_s']['compile_program']:.3f}); find {arm['find_ms']:.3f} ms")
+            print("   ", ", ".join(f"{k} {v} ms" for k, v in arm["passes_ms"].items()))
+    with open(args.out, "w") as fh:
+        json.dump(result, fh, indent=2)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

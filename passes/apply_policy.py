@@ -6,7 +6,7 @@ from typing import Any
 
 import attrs
 
-from edit.graph import COMPUTE, DECIDE, Cell, Graph, Probe, Unit, unit_ranges
+from edit.graph import COMPUTE, DECIDE, Cell, Graph, Probe, unit_ranges
 from edit.passes.base import Pass, bound, register_pass
 from edit.passes.policy import CachePolicy, policy_class
 from edit.passes.regroup import chain_units, forwards

@@ -36,6 +36,7 @@ class CacheStats:
         self.computed = 0
         self.skipped = 0
         self.recomputed = 0  # reuse paths whose residual was missing from the store
+        self.recomputed_cells: list[tuple[int, str, int]] = []  # their (step, branch, unit)
         self.rows: dict[tuple[str, int], list[str]] = {}
         self._source = store  # read live until the run ends, then frozen (`freeze_store`)
         self._store: dict[str, Any] | None = None
@@ -76,6 +77,14 @@ class CacheStats:
                 forwards += 1
                 skipped += all(c == "S" for c in chars)
         return skipped / forwards if forwards else 0.0
+
+    def cell_states(self) -> dict[tuple[int, str, int], str]:
+        """What every cell of the run did: C computed, S reused, M reused but missed the store and
+        recomputed — {(step, branch, unit): state}, e.g. to draw a plan with `trace=`."""
+        states = {(step, branch, unit): ch for (branch, unit), row in self.rows.items() for step, ch in enumerate(row)}
+        for cell in self.recomputed_cells:
+            states[cell] = "M"
+        return states
 
     def as_dict(self) -> dict[str, Any]:
         return {"computed": self.computed, "skipped": self.skipped, "recomputed": self.recomputed,

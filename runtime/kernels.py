@@ -100,6 +100,7 @@ def run_cell(state: RunState, node: Cell, hidden: torch.Tensor, ctx, probe: torc
             out = adapter.run_blocks(node.blocks[0], node.blocks[1], hidden, ctx)
             store.put(key, out - hidden)
             cache.stats.recomputed += 1
+            cache.stats.recomputed_cells.append(node.cell)
         else:
             out = hidden + residual.to(hidden.device)
         del residual

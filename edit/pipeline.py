@@ -165,11 +165,19 @@ class EditWanPipeline(WanPipeline):
         return signals
 
     def _fingerprint(self, spec: RunSpec, shape: tuple) -> dict[str, Any]:
-        """What a plan is bound to: the model (class, config, weights), dtype, sizes, steps, guidance."""
+        """What a plan is bound to: the model (class, config, a digest of the weights), dtype, sizes,
+        steps, guidance, and the shape of one residual (for `plan.stats()`)."""
         model = self.transformer
-        return {"model": f"{type(model).__name__}:{_config_digest(model)}", "weights": weights_version(model),
+        version = weights_version(model)
+        if getattr(self, "_digest", (None,))[0] != version:
+            self._digest = (version, weights_digest(model))
+        config = model.config
+        p_t, p_h, p_w = config.patch_size
+        tokens = shape[2] // p_t * (shape[3] // p_h) * (shape[4] // p_w)
+        return {"model": f"{type(model).__name__}:{_config_digest(model)}", "weights": self._digest[1],
                 "dtype": str(model.dtype), "latent_shape": tuple(shape), "num_steps": spec.num_steps,
-                "timesteps": spec.timesteps, "guidance_scale": spec.guidance_scale, "branches": spec.branches}
+                "timesteps": spec.timesteps, "guidance_scale": spec.guidance_scale, "branches": spec.branches,
+                "residual_shape": (shape[0], tokens, config.num_attention_heads * config.attention_head_dim)}
 
     # -- caching ------------------------------------------------------------------------------
     def enable_cache(self, policy: Any = "teacache", *, num_inference_steps: int | None = None,
@@ -228,7 +236,7 @@ class EditWanPipeline(WanPipeline):
             self._check_plan(plan, spec, fingerprint)
             return compile_program(plan)
         cache = self.cache
-        key = (spec, tuple(shape), fingerprint["dtype"], id(self.transformer), fingerprint["weights"], id(cache),
+        key = (spec, tuple(shape), fingerprint["dtype"], weights_version(self.transformer), id(cache),
                cache and cache.hook_version())
         if self._program_cache is None or self._program_cache[0] != key:
             plan = self.build_plan(spec, self._signals(timesteps, shape), fingerprint)
@@ -435,6 +443,20 @@ def weights_version(model: torch.nn.Module) -> tuple[int, int, int]:
     or the model is another object."""
     params = list(model.parameters())
     return id(model), sum(p._version for p in params), params[0].data_ptr() if params else 0
+
+
+def weights_digest(model: torch.nn.Module, samples: int = 256) -> str:
+    """A content digest of the weights that survives processes (plan files): every tensor's name,
+    shape and dtype, and `samples` evenly strided values of it. Cheap (a few hundred values per
+    tensor, not the gigabytes), and any other checkpoint or fine-tune changes it."""
+    digest = hashlib.sha1()
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            flat = tensor.detach().reshape(-1)
+            picked = flat[:: max(1, flat.numel() // samples)][:samples].to("cpu", torch.float64)
+            digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+            digest.update(picked.numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _config_digest(model: torch.nn.Module) -> str:

@@ -1,15 +1,24 @@
 """`Plan`: a compiled graph plus how it was made and what it was compiled for.
 
-`pipe.compile(...)` returns one. The fingerprint (model, dtype, latent shape, steps and timesteps,
-guidance) binds it to a call: replaying it under a call that differs in any field is refused,
-naming the field.
+`pipe.compile(...)` returns one. The fingerprint (model class and config, a digest of its weights,
+dtype, latent shape, steps and timesteps, guidance, residual shape) binds it to a call: replaying it
+under a call that differs in any field is refused, naming the field. Plans save to and load from
+versioned JSON (`edit.graph.planfile`).
 """
 
 from __future__ import annotations
 
+import math
+import os
+from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from edit.graph.core import Graph
+from edit.graph.nodes import COMPUTE, DECIDE, REUSE_MODE, Cell
+
+#: Bytes of one element, by the dtype names a fingerprint records.
+_DTYPE_BYTES = {"torch.float32": 4, "torch.float16": 2, "torch.bfloat16": 2, "torch.float64": 8}
 
 
 class Plan(Graph):
@@ -27,6 +36,57 @@ class Plan(Graph):
         plan.pipeline = pipeline
         plan.fingerprint = dict(fingerprint or {})
         return plan
+
+    # -- files ------------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the plan as versioned, human-readable JSON (atomically); returns the path."""
+        from edit.graph import planfile
+        return planfile.save(self, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Plan:
+        """Read and verify a plan file; a broken or foreign file raises `PlanFileError` saying what."""
+        from edit.graph import planfile
+        return planfile.load(path)
+
+    # -- inspection -------------------------------------------------------------------------------
+    def stats(self, store: Any = None) -> dict[str, Any]:
+        """What the plan will do, before running it: node counts per kind; cells by mode; the
+        predicted skip ratio of the static cells; the bytes of one residual (from the fingerprint),
+        the residual bytes the compute paths write (run-time cells counted as computing), and the
+        predicted peak of stored residual bytes — per tier of `store` when it has tier budgets
+        (`TieredStore`: filled top down, as its spills do)."""
+        cells = self.nodes(Cell)
+        modes = Counter(c.mode for c in cells)
+        static = modes[COMPUTE] + modes[REUSE_MODE]
+        residual = self.residual_bytes()
+        keys = {c.key for c in cells} | {c.pin_key for c in cells if c.pin}
+        writes = modes[COMPUTE] + modes[DECIDE] + sum(c.pin for c in cells)
+        out: dict[str, Any] = {
+            "nodes": dict(sorted(Counter(type(n).__name__ for n in self.nx.nodes).items())),
+            "cells": {"total": len(cells), **{m: modes[m] for m in (COMPUTE, REUSE_MODE, DECIDE)}},
+            "predicted_skip_ratio": modes[REUSE_MODE] / static if static else None,
+            "runtime_cells": modes[DECIDE],
+            "residual_bytes": residual,
+            "residual_bytes_saved": None if residual is None else writes * residual,
+            "peak_residual_bytes": None if residual is None else len(keys) * residual,
+        }
+        budgets = getattr(store, "budgets", None)
+        if budgets is not None and residual is not None:
+            left, tiers = len(keys) * residual, []
+            for budget in budgets:
+                held = left if budget is None else min(left, budget // residual * residual)
+                tiers.append(held)
+                left -= held
+            out["peak_residual_bytes_per_tier"] = tiers
+        return out
+
+    def residual_bytes(self) -> int | None:
+        """Bytes of one stored residual, from the fingerprint's residual shape and dtype (None if unknown)."""
+        shape, dtype = self.fingerprint.get("residual_shape"), self.fingerprint.get("dtype")
+        if shape is None or dtype not in _DTYPE_BYTES:
+            return None
+        return math.prod(shape) * _DTYPE_BYTES[dtype]
 
     def mismatch(self, fingerprint: dict[str, Any]) -> str | None:
         """The first field where `fingerprint` (a call's) differs from this plan's, described; None if none."""

@@ -4,7 +4,9 @@
 config (40 layers, tiny width: compiling does not depend on the width), for
 - TeaCache folded into a static schedule, with prefetches scheduled (lead 2);
 - FBCache decided at run time.
-Also the time of a `find` / cell query at that size. Target: < 0.5 s per plan, < 1 ms per query.
+Also the time of a `find` / cell query at that size (target < 1 ms), and of `plan.save` / `Plan.load`
+(versioned JSON, load includes verify; target < 0.5 s each, file size reported). Target: < 0.5 s per
+plan.
 Runs in one process, median of --repeats; writes JSON.
 
     python tests/bench_compile.py [--repeats 5] [--out bench_compile.json]
@@ -15,12 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
 from edit import EditWanPipeline, tiny_components
-from edit.graph import Cell, lower, verify
+from edit.graph import Cell, Plan, lower, verify
 from edit.runtime import compile_program
 
 STEPS, BLOCKS = 50, 40
@@ -69,16 +73,31 @@ def main() -> None:
                 found = plan.find(Cell, step=i % STEPS, branch="cond", unit=i % 39)
                 query.append(time.perf_counter() - start)
                 assert len(found) == 1
+            saves, loads = [], []
+            with tempfile.TemporaryDirectory() as folder:
+                path = Path(folder) / "plan.json"
+                for _ in range(args.repeats):
+                    start = time.perf_counter()
+                    plan.save(path)
+                    saves.append(time.perf_counter() - start)
+                    start = time.perf_counter()
+                    loaded = Plan.load(path)
+                    loads.append(time.perf_counter() - start)
+                size = path.stat().st_size
+            assert len(loaded) == len(plan)
             result["arms"][name] = {
                 "nodes": len(plan), "edges": plan.nx.number_of_edges(), "pipeline": plan.pipeline,
                 "median_s": {k: round(statistics.median(r[k] for r in runs), 4) for k in runs[0]},
                 "passes_ms": {r.name: round(r.seconds * 1000, 1) for r in pipe.pass_records},
                 "find_ms": round(statistics.median(query) * 1000, 4),
+                "save_s": round(statistics.median(saves), 4), "load_s": round(statistics.median(loads), 4),
+                "file_bytes": size,
             }
             arm = result["arms"][name]
             print(f"{name}: {arm['nodes']} nodes; total {arm['median_s']['total']:.3f} s "
                   f"(build_plan {arm['median_s']['build_plan']:.3f} of which lower {arm['median_s']['lower']:.3f}, "
-                  f"compile_program {arm['median_s']['compile_program']:.3f}); find {arm['find_ms']:.3f} ms")
+                  f"compile_program {arm['median_s']['compile_program']:.3f}); find {arm['find_ms']:.3f} ms; "
+                  f"save {arm['save_s']:.3f} s, load {arm['load_s']:.3f} s, {size / 1e6:.1f} MB")
             print("   ", ", ".join(f"{k} {v} ms" for k, v in arm["passes_ms"].items()))
     with open(args.out, "w") as fh:
         json.dump(result, fh, indent=2)

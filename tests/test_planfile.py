@@ -15,7 +15,7 @@ from conftest import SIZE, components, generate
 
 from edit import EditWanPipeline
 from edit.cache import CPUStore, GPUStore, TieredStore
-from edit.graph import Plan
+from edit.graph import Cell, Plan
 from edit.graph.planfile import PlanFileError
 from edit.passes import set_cells
 
@@ -147,3 +147,32 @@ def test_compile_takes_the_call_arguments_and_a_prompt():
     assert a.to_text() == b.to_text()  # no built-in pass reads the text
     two = pipe.compile(STEPS, 5.0, prompt=["a", "b"], num_videos_per_prompt=2, **SIZE)
     assert two.fingerprint["latent_shape"][0] == 4
+
+
+# -- golden prints after each pass of a small plan --------------------------------------------------------
+
+def _small_spec():
+    from edit.graph import RunSpec
+    return RunSpec(num_steps=3, timesteps=(900.0, 600.0, 300.0), num_blocks=4, branches=("cond",),
+                   guidance_scale=1.0)
+
+
+def _stages():
+    from edit.cache import TeaCache
+    from edit.graph import lower
+    from edit.passes import apply_policy, fold_static, regroup, schedule_prefetch
+    policy = TeaCache(rel_l1_thresh=0.5, coefficients=[1.0, 0.0], use_ret_steps=False)
+    grouped = regroup(lower(_small_spec()), 2)
+    decided = apply_policy(grouped, policy)
+    folded = fold_static(decided, lambda g: {c.cell: c.step != 1 for c in g.nodes(Cell)})  # reuse step 1
+    user = set_cells(folded, "reuse", steps=[2], units=[0])
+    return {"regroup": grouped, "apply_policy": decided, "fold_static": folded, "user_pass": user,
+            "schedule_prefetch": schedule_prefetch(user, lead=1)}
+
+
+@pytest.mark.parametrize("stage", ["regroup", "apply_policy", "fold_static", "user_pass", "schedule_prefetch"])
+def test_golden_print_after_each_pass(stage):
+    from edit.graph import verify
+    graph = verify(_stages()[stage])
+    golden = Path(__file__).parent / "golden" / f"stage_{stage}.txt"
+    assert graph.to_text() == golden.read_text()

@@ -5,6 +5,7 @@ It lives in `edit.passes` because passes bind and fold policies; users import it
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -109,6 +110,6 @@ def make_policy(policy: str | CachePolicy | type, **kwargs: Any) -> CachePolicy:
 def check_threshold(value: Any, name: str = "rel_l1_thresh") -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name}: expected a number >= 0, got {type(value).__name__}")
-    if value < 0:
-        raise ValueError(f"{name}: expected a number >= 0 (0 never skips), got {value}")
+    if not math.isfinite(value) or value < 0:  # NaN compares False everywhere: it would never skip
+        raise ValueError(f"{name}: expected a finite number >= 0 (0 never skips), got {value}")
     return float(value)

@@ -67,10 +67,22 @@ def _temp_file(path: Path, flag: str):
         raise OutputError(flag, f"cannot create files in {str(_folder(path))!r}: {_reason(err)}") from None
     os.close(fd)
     try:
+        os.chmod(temp, _mode_for(path))
         yield Path(temp)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
+
+
+def _mode_for(path: Path) -> int:
+    """The target's own mode when replacing a file, else what a plain open() would have given
+    (mkstemp makes files private)."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        mask = os.umask(0)
+        os.umask(mask)
+        return 0o666 & ~mask
 
 
 def write_video(frames, path: Path, fps: int, flag: str = "--out") -> None:
@@ -117,12 +129,14 @@ def _read_back(temp: Path, suffix: str, fps: int) -> tuple[int, tuple[int, int]]
             from PIL import Image
 
             with Image.open(temp) as image:
-                # Pillow merges identical consecutive frames into one longer frame: count by time.
+                # Pillow merges identical consecutive frames into one longer frame, so count by time,
+                # in the GIF's own unit (centiseconds: a 62 ms frame is stored as 60 ms).
+                unit = _gif_ms(fps) // 10 * 10
                 total = 0
                 for index in range(image.n_frames):
                     image.seek(index)
-                    total += image.info.get("duration", _gif_ms(fps))
-                return round(total / _gif_ms(fps)), image.size
+                    total += image.info.get("duration", unit)
+                return (round(total / unit) if unit else image.n_frames), image.size
         import imageio_ffmpeg
 
         reader = imageio_ffmpeg.read_frames(str(temp))

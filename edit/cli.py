@@ -131,6 +131,8 @@ def check_outputs(args: argparse.Namespace) -> tuple[Path, Path | None]:
     out = Path(args.out)
     if out.suffix.lower() not in VIDEO_SUFFIXES:
         raise CliError(f"--out: expected a file ending in {' or '.join(VIDEO_SUFFIXES)}, got {args.out!r}")
+    if out.suffix.lower() == ".gif" and args.fps > 100:
+        raise CliError(f"--fps: a GIF stores frame times in 1/100 s, so at most 100 fps; got {args.fps}")
     if args.level not in LEVELS:
         raise CliError(f"--level: expected one of {', '.join(LEVELS)}, got {args.level!r}")
     plan = None if args.plan is None else Path(args.plan)

@@ -1,9 +1,16 @@
 """The `edit` command line: `edit generate PROMPT ...` writes a video, prints the plan summary and,
-with `--cache`, the cache stats; `--plan FILE` draws the plan (graphviz)."""
+with `--cache`, the cache stats; `--plan FILE` draws the plan (graphviz).
+
+Every refusal is one `edit: error: --flag: ...` line and exit status 2, given before the model is
+loaded whenever the check needs no weights; a file that could not be written is one such line and
+status 1; Ctrl-C is one line and status 130. Files are never written in place (see `edit._output`).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
 import sys
 import time
@@ -12,6 +19,9 @@ from pathlib import Path
 VIDEO_SUFFIXES = (".mp4", ".gif")
 TINY_SIZE = (64, 96)
 FULL_SIZE = (480, 832)
+#: Policy keyword -> the flag that sets it, so a policy's refusal names what the user typed.
+POLICY_FLAGS = {"rel_l1_thresh": "--threshold", "wan_variant": "--wan-variant", "granularity": "--granularity"}
+SIZE_FLAGS = {"num_frames": "--frames", "height": "--height", "width": "--width"}
 
 
 class CliError(Exception):
@@ -35,42 +45,191 @@ def _positive_int(name: str):
     return parse
 
 
+def _finite(name: str, low: float, note: str = ""):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise CliError(f"{name}: expected a number >= {low:g}{note}, got {text!r}") from None
+        if not math.isfinite(value) or value < low:
+            raise CliError(f"{name}: expected a finite number >= {low:g}{note}, got {text}")
+        return value
+    return parse
+
+
+def _seed(text: str) -> int:
+    from edit.checks import SEED_RANGE
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise CliError(f"--seed: expected an integer in [0, 2**64 - 1], got {text!r}") from None
+    if not SEED_RANGE[0] <= value <= SEED_RANGE[1]:
+        raise CliError(f"--seed: expected an integer in [0, 2**64 - 1], got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from edit import __version__
+
     parser = _Parser(prog="edit", description="EDiT: inspectable, editable step caching for Wan text-to-video.")
+    parser.add_argument("--version", action="version", version=f"edit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    gen = sub.add_parser("generate", help="generate a video from a prompt")
-    gen.add_argument("prompt")
-    gen.add_argument("--model", default="tiny", help="'tiny' (embedded seeded model), a local pipeline folder, or a hub id")
-    gen.add_argument("--negative-prompt", default=None)
-    gen.add_argument("--steps", type=_positive_int("--steps"), default=20)
-    gen.add_argument("--frames", type=_positive_int("--frames"), default=33)
+    gen = sub.add_parser("generate", help="generate a video from a prompt",
+                         description="Generate a video from a prompt and print the plan the run executed.")
+    gen.add_argument("prompt", help="what the video shows")
+    gen.add_argument("--model", default="tiny",
+                     help="'tiny' (embedded model with seeded random weights: its videos are noise), a folder "
+                          "written by save_pretrained, or a hub id such as Wan-AI/Wan2.1-T2V-1.3B-Diffusers "
+                          "(default: tiny)")
+    gen.add_argument("--negative-prompt", default=None, metavar="TEXT",
+                     help="what to steer away from with classifier-free guidance (default: none)")
+    gen.add_argument("--steps", type=_positive_int("--steps"), default=20, help="denoising steps (default: 20)")
+    gen.add_argument("--frames", type=_positive_int("--frames"), default=33,
+                     help="frames, 4k+1 as the VAE needs (default: 33)")
     gen.add_argument("--height", type=_positive_int("--height"), default=None,
-                     help=f"default {TINY_SIZE[0]} on the tiny model, {FULL_SIZE[0]} otherwise")
+                     help=f"pixels, a multiple of 16 (default: {TINY_SIZE[0]} on the tiny model, {FULL_SIZE[0]} otherwise)")
     gen.add_argument("--width", type=_positive_int("--width"), default=None,
-                     help=f"default {TINY_SIZE[1]} on the tiny model, {FULL_SIZE[1]} otherwise")
-    gen.add_argument("--guidance", type=float, default=5.0)
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--fps", type=_positive_int("--fps"), default=16)
-    gen.add_argument("--out", default="out.mp4", help="output video, .mp4 (ffmpeg) or .gif (Pillow)")
+                     help=f"pixels, a multiple of 16 (default: {TINY_SIZE[1]} on the tiny model, {FULL_SIZE[1]} otherwise)")
+    gen.add_argument("--guidance", type=_finite("--guidance", 0, " (<= 1 turns guidance off)"), default=5.0,
+                     help="classifier-free guidance scale; values <= 1 turn guidance off, as in diffusers (default: 5.0)")
+    gen.add_argument("--seed", type=_seed, default=0, help="seed of the initial noise, 0 to 2**64 - 1 (default: 0)")
+    gen.add_argument("--fps", type=_positive_int("--fps"), default=16, help="frames per second of the video (default: 16)")
+    gen.add_argument("--out", default="out.mp4", metavar="FILE",
+                     help="the video, .mp4 (ffmpeg) or .gif (Pillow); an existing file is replaced only once "
+                          "the new one is complete (default: out.mp4)")
     cache = gen.add_argument_group("step caching")
     cache.add_argument("--cache", default=None, metavar="POLICY",
                        help="a registered cache policy: teacache, fbcache, none, ... (default: no cache)")
-    cache.add_argument("--threshold", type=float, default=None, help="the policy's rel_l1_thresh")
-    cache.add_argument("--granularity", default="stack", help="stack, per_block or an int k (units of k blocks)")
-    cache.add_argument("--wan-variant", default=None, help="TeaCache coefficients: t2v-1.3B, t2v-14B, i2v-480P, i2v-720P")
+    cache.add_argument("--threshold", type=_finite("--threshold", 0, " (0 never skips)"), default=None,
+                       help="the policy's rel_l1_thresh (default: the policy's own)")
+    cache.add_argument("--granularity", default=None,
+                       help="units the policy decides on: stack, per_block or an int k (blocks per unit) (default: stack)")
+    cache.add_argument("--wan-variant", default=None,
+                       help="TeaCache coefficients: t2v-1.3B, t2v-14B, i2v-480P, i2v-720P (default: t2v-1.3B)")
     gen.add_argument("--plan", default=None, metavar="FILE",
-                     help="also draw the plan: .svg, .png, .pdf or .dot (graphviz; see --level)")
-    gen.add_argument("--level", default="units", help="detail of --plan: nodes, units or steps")
+                     help="also draw the plan: .svg, .png, .pdf or .dot, with its .dot source next to it "
+                          "(graphviz; see --level) (default: no drawing)")
+    gen.add_argument("--level", default="units", help="detail of --plan: nodes, units or steps (default: units)")
     return parser
+
+
+# -- checks that need no weights ---------------------------------------------------------------
+
+def check_flags(args: argparse.Namespace) -> None:
+    if args.cache is None:
+        for flag in ("threshold", "granularity", "wan_variant"):
+            if getattr(args, flag) is not None:
+                raise CliError(f"--{flag.replace('_', '-')}: needs --cache POLICY")
+
+
+def check_outputs(args: argparse.Namespace) -> tuple[Path, Path | None]:
+    from edit._output import OutputError, check_target
+    from edit.graph import LEVELS
+    from edit.graph.draw import FORMATS
+
+    out = Path(args.out)
+    if out.suffix.lower() not in VIDEO_SUFFIXES:
+        raise CliError(f"--out: expected a file ending in {' or '.join(VIDEO_SUFFIXES)}, got {args.out!r}")
+    if out.suffix.lower() == ".gif" and args.fps > 100:
+        raise CliError(f"--fps: a GIF stores frame times in 1/100 s, so at most 100 fps; got {args.fps}")
+    if args.level not in LEVELS:
+        raise CliError(f"--level: expected one of {', '.join(LEVELS)}, got {args.level!r}")
+    plan = None if args.plan is None else Path(args.plan)
+    if plan is not None and plan.suffix.lstrip(".").lower() not in FORMATS:
+        raise CliError(f"--plan: expected a file ending in {', '.join('.' + f for f in FORMATS)}, got {args.plan!r}")
+    try:
+        check_target(out, "--out")
+        if plan is not None:
+            check_target(plan, "--plan")
+            if plan.suffix.lower() != ".dot":
+                check_target(plan.with_suffix(".dot"), "--plan")
+    except OutputError as err:
+        raise CliError(f"{err.flag}: {err}") from None
+    return out, plan
+
+
+def local_folder(model: str) -> Path | None:
+    looks_local = model.startswith((".", "/", "~")) or (os.sep in model and Path(model).expanduser().exists())
+    if not looks_local:
+        return None
+    folder = Path(model).expanduser()
+    if not (folder / "model_index.json").is_file():
+        raise CliError(f"--model: {model!r} is not a pipeline folder (no model_index.json); "
+                       "expected 'tiny', a folder written by save_pretrained, or a hub id")
+    return folder
+
+
+def limits_without_weights(model: str, folder: Path | None):
+    """The model's limits from its configs alone, or None when they need the download (a hub id)."""
+    from edit.limits import ModelLimits
+
+    if model == "tiny":
+        from edit.tiny import TINY_TRANSFORMER, TINY_VAE
+
+        return ModelLimits.from_configs(TINY_TRANSFORMER, TINY_VAE, {"num_train_timesteps": 1000}), 0
+    if folder is None:
+        return None
+    try:
+        configs = [json.loads((folder / part / name).read_text()) for part, name in
+                   (("transformer", "config.json"), ("vae", "config.json"), ("scheduler", "scheduler_config.json"))]
+    except (OSError, ValueError):
+        return None  # let the loader say what is wrong with the folder
+    weights = sum(f.stat().st_size for f in folder.rglob("*") if f.suffix in (".safetensors", ".bin") and f.is_file())
+    return ModelLimits.from_configs(*configs), weights
+
+
+def check_request(args: argparse.Namespace, limits, weight_bytes: int, height: int, width: int) -> None:
+    """Sizes, frames and steps the model can take, and a memory need the machine can hold."""
+    from edit.limits import gib, machine_bytes
+
+    for flag, value, patch in (("--height", height, limits.patch_size[1]), ("--width", width, limits.patch_size[2])):
+        multiple = max(16, limits.vae_spatial * patch)
+        if value % multiple:
+            raise CliError(f"{flag}: {value} is not a multiple of {multiple} "
+                           f"(VAE x{limits.vae_spatial} times patch {patch}; diffusers requires 16)")
+    t = limits.vae_temporal
+    if args.frames % t != 1 and t > 1:
+        low = max(1, args.frames // t * t + 1 - (t if args.frames % t == 0 else 0))
+        raise CliError(f"--frames: {args.frames} is not {t}k+1 (the VAE encodes 1 + {t}k frames); "
+                       f"try {low} or {low + t}")
+    if limits.num_train_timesteps and args.steps > limits.num_train_timesteps:
+        raise CliError(f"--steps: {args.steps} is more than the scheduler's {limits.num_train_timesteps} "
+                       "training timesteps (steps past that repeat timesteps)")
+    try:
+        limits.check_size(args.frames, height, width, names=SIZE_FLAGS)
+    except ValueError as err:
+        raise CliError(str(err)) from None
+    need, have = limits.estimate_bytes(args.frames, height, width, args.steps, weight_bytes), machine_bytes()
+    if need > have:
+        raise CliError(f"--frames/--height/--width: this video needs at least about {gib(need)} of memory, "
+                       f"more than this machine's {gib(have)}; ask for fewer frames or fewer pixels")
+
+
+# -- the run -----------------------------------------------------------------------------------
+
+def load_pipeline(model: str, folder: Path | None):
+    import torch
+
+    import edit
+
+    if model == "tiny":
+        return edit.tiny_pipeline(seed=0)
+    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    device = "cuda" if torch.cuda.is_available() else None
+    try:
+        return edit.EditWanPipeline.from_pretrained(str(folder or model), dtype=dtype, device=device)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CliError(f"--model: cannot load {model!r}: {first}") from None
 
 
 def enable_cache(pipe, args: argparse.Namespace) -> None:
     if args.cache is None:
-        for flag in ("threshold", "wan_variant"):
-            if getattr(args, flag) is not None:
-                raise CliError(f"--{flag.replace('_', '-')}: needs --cache POLICY")
         return
-    granularity = int(args.granularity) if args.granularity.lstrip("-").isdigit() else args.granularity
+    granularity = args.granularity or "stack"
+    if granularity.lstrip("-").isdigit():
+        granularity = int(granularity)
     kwargs = {}
     if args.threshold is not None:
         kwargs["rel_l1_thresh"] = args.threshold
@@ -78,127 +237,102 @@ def enable_cache(pipe, args: argparse.Namespace) -> None:
         kwargs["wan_variant"] = args.wan_variant
     try:
         pipe.enable_cache(args.cache, num_inference_steps=args.steps, granularity=granularity, **kwargs)
-    except (TypeError, ValueError) as err:  # names the policy argument; TypeError: e.g. an unknown keyword
-        raise CliError(f"--cache {args.cache}: {str(err).splitlines()[0]}") from None
+    except (TypeError, ValueError) as err:
+        raise CliError(policy_error(args.cache, err)) from None
 
 
-def check_plan_path(path: str | None, level: str) -> Path | None:
-    from edit.graph import LEVELS
-    from edit.graph.draw import FORMATS
-
-    if level not in LEVELS:
-        raise CliError(f"--level: expected one of {', '.join(LEVELS)}, got {level!r}")
-    if path is None:
-        return None
-    out = Path(path)
-    if out.suffix.lstrip(".").lower() not in FORMATS:
-        raise CliError(f"--plan: expected a file ending in {', '.join('.' + f for f in FORMATS)}, got {path!r}")
-    if not (out.parent if str(out.parent) else Path(".")).is_dir():
-        raise CliError(f"--plan: folder {str(out.parent)!r} does not exist")
-    return out
+def policy_error(policy: str, err: Exception) -> str:
+    """The policy's message, led by the flag that set the argument it names."""
+    first = str(err).splitlines()[0] if str(err) else type(err).__name__
+    name, sep, rest = first.partition(": ")
+    if sep and name in POLICY_FLAGS:
+        return f"{POLICY_FLAGS[name]}: {rest}"
+    if sep and name == "policy":
+        return f"--cache: {rest}"
+    return f"--cache {policy}: {first}"
 
 
-def check_output(path: str) -> Path:
-    out = Path(path)
-    if out.suffix.lower() not in VIDEO_SUFFIXES:
-        raise CliError(f"--out: expected a file ending in {' or '.join(VIDEO_SUFFIXES)}, got {path!r}")
-    folder = out.parent if str(out.parent) else Path(".")
-    if not folder.is_dir():
-        raise CliError(f"--out: folder {str(folder)!r} does not exist")
-    if not os.access(folder, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
-        raise CliError(f"--out: {path!r} is not writable")
-    return out
-
-
-def load_pipeline(model: str):
-    import torch
-
-    import edit
-
-    if model == "tiny":
-        return edit.tiny_pipeline(seed=0)
-    looks_local = model.startswith((".", "/", "~")) or os.sep in model and Path(model).expanduser().exists()
-    if looks_local:
-        folder = Path(model).expanduser()
-        if not (folder / "model_index.json").is_file():
-            raise CliError(f"--model: {model!r} is not a pipeline folder (no model_index.json); "
-                           "expected 'tiny', a folder written by save_pretrained, or a hub id")
-        model = str(folder)
-    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    device = "cuda" if torch.cuda.is_available() else None
+def say(text: str = "") -> None:
+    """Print to stdout; once stdout is closed (`edit ... | head -1`), carry on silently."""
     try:
-        return edit.EditWanPipeline.from_pretrained(model, dtype=dtype, device=device)
-    except (OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CliError(f"--model: cannot load {model!r}: {first}") from None
-
-
-def check_size(pipe, height: int, width: int) -> None:
-    patch = pipe.transformer.config.patch_size
-    for name, value, p in (("--height", height, patch[1]), ("--width", width, patch[2])):
-        multiple = max(16, pipe.vae_scale_factor_spatial * p)
-        if value % multiple:
-            raise CliError(f"{name}: {value} is not a multiple of {multiple} "
-                           f"(VAE x{pipe.vae_scale_factor_spatial} times patch {p}; diffusers requires 16)")
-
-
-def write_video(frames, out: Path, fps: int) -> None:
-    """Write float frames in [0, 1] (F, H, W, 3) as mp4 (imageio-ffmpeg) or gif (Pillow)."""
-    import numpy as np
-
-    data = (np.clip(frames, 0.0, 1.0) * 255).round().astype(np.uint8)
-    if out.suffix.lower() == ".gif":
-        from PIL import Image
-
-        images = [Image.fromarray(f) for f in data]
-        images[0].save(out, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
-    else:
-        import imageio.v2 as imageio
-
-        imageio.mimwrite(out, list(data), fps=fps, codec="libx264", macro_block_size=1, output_params=["-loglevel", "error"])
+        print(text, flush=True)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's last flush is quiet too
+        os.close(devnull)
 
 
 def generate(args: argparse.Namespace) -> int:
-    out = check_output(args.out)
-    plan_path = check_plan_path(args.plan, args.level)
-    pipe = load_pipeline(args.model)
+    from edit._output import write_plan, write_video
+
+    check_flags(args)
+    out, plan_path = check_outputs(args)
+    folder = local_folder(args.model) if args.model != "tiny" else None
     default = TINY_SIZE if args.model == "tiny" else FULL_SIZE
     height, width = args.height or default[0], args.width or default[1]
-    check_size(pipe, height, width)
+    known = limits_without_weights(args.model, folder)
+    if known is not None:
+        check_request(args, *known, height, width)
+
+    start = time.perf_counter()
+    pipe = load_pipeline(args.model, folder)
+    if known is None:
+        from edit.limits import ModelLimits
+
+        weights = sum(p.numel() * p.element_size() for p in pipe.transformer.parameters())
+        check_request(args, ModelLimits.from_pipeline(pipe), weights, height, width)
     enable_cache(pipe, args)
+    loaded = time.perf_counter() - start
+    say(f"loaded {args.model} in {loaded:.2f} s")
+
+    import numpy as np
     import torch
 
     pipe.set_progress_bar_config(disable=True)
-    generator = torch.Generator("cpu").manual_seed(args.seed)
     plan = pipe.compile(num_inference_steps=args.steps, guidance_scale=args.guidance, height=height, width=width,
                         num_frames=args.frames)
     if plan_path is not None:
-        from edit.graph import render
-
-        print(f"wrote {render(plan, plan_path, level=args.level)} (the plan, level {args.level})")
+        drawn, note = write_plan(plan, plan_path, args.level)
+        say(f"wrote {drawn} (the plan, level {args.level})")
+        if note:
+            print(f"edit: note: {note}", file=sys.stderr)
     start = time.perf_counter()
     frames = pipe(args.prompt, negative_prompt=args.negative_prompt, height=height, width=width,
                   num_frames=args.frames, num_inference_steps=args.steps, guidance_scale=args.guidance,
-                  generator=generator, output_type="np", plan=plan).frames[0]
+                  generator=torch.Generator("cpu").manual_seed(args.seed), output_type="np", plan=plan).frames[0]
     seconds = time.perf_counter() - start
-    write_video(frames, out, args.fps)
-    print(f"wrote {out} ({frames.shape[0]} frames, {frames.shape[2]}x{frames.shape[1]}) in {seconds:.2f} s "
-          f"({args.steps} steps, {seconds / args.steps * 1000:.1f} ms/step)")
-    print("plan (C = computed, S = skipped, R = reused from another generation, ? = decided at run time):")
-    print(plan.summary())
+    if not np.isfinite(frames).all():  # never hand over a silently wrong video
+        raise CliError("--guidance: the run produced non-finite values (NaN/inf); nothing was written")
+    data = (np.clip(frames, 0.0, 1.0) * 255).round().astype(np.uint8)
+    write_video(data, out, args.fps)
+    say(f"generated {frames.shape[0]} frames of {frames.shape[2]}x{frames.shape[1]} in {seconds:.2f} s "
+        f"({args.steps} steps, {seconds / args.steps * 1000:.1f} ms/step; loading took {loaded:.2f} s more)")
+    say(f"wrote {out}")
+    say("plan (C = computed, S = skipped, R = reused from another generation, ? = decided at run time):")
+    say(plan.summary())
     if pipe.cache is not None:
-        print(f"cache: {pipe.cache.policy.describe()}; passes {pipe.cache_pipeline}")
-        print(pipe.cache.stats)
+        say(f"cache: {pipe.cache.policy.describe()}; passes {pipe.cache_pipeline}")
+        say(str(pipe.cache.stats))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    from edit._output import OutputError
+
     try:
         args = build_parser().parse_args(argv)
         return generate(args)
     except CliError as err:
         print(f"edit: error: {err}", file=sys.stderr)
         return 2
+    except OutputError as err:
+        print(f"edit: error: {err.flag}: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("edit: interrupted", file=sys.stderr)
+        return 130
+    except SystemExit as exit_:  # --help, --version
+        return exit_.code if isinstance(exit_.code, int) else 0
     except (ValueError, TypeError) as err:
         print(f"edit: error: {str(err).splitlines()[0] if str(err) else type(err).__name__}", file=sys.stderr)
         return 2

@@ -17,6 +17,7 @@ from diffusers.pipelines.wan.pipeline_output import WanPipelineOutput
 from diffusers.utils import logging
 from diffusers.utils.torch_utils import get_module_execution_device
 
+from edit.checks import check_call, check_enable_cache
 from edit.graph import Graph, Plan, RunSpec, check_granularity, lower, verify
 from edit.passes import Pipeline, default_pipeline, make_policy
 from edit.runtime import Program, RunState, StepEnd, WanAdapter, compile_program
@@ -194,6 +195,7 @@ class EditWanPipeline(WanPipeline):
         `Pipeline` or its text) replaces the default pipeline. `store`: where residuals live
         (default: a GPUStore on the execution device). Returns `pipe.cache`.
         """
+        check_enable_cache(store=store, fold=fold)
         policy = make_policy(policy, **policy_kwargs)
         if prefetch is not None and (isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 1):
             raise ValueError(f"prefetch: expected None or an int >= 1 (cells ahead of each read), got {prefetch!r}")
@@ -224,11 +226,14 @@ class EditWanPipeline(WanPipeline):
 
     def disable_cache(self) -> None:
         """Back to the plain no-cache plan (bit-identical to diffusers)."""
-        if self.cache is not None and self.cache.store is not None:
-            self.cache.store.clear()
-        self.cache = None
-        self._plan_options = None
-        self._program_cache = None
+        cache, self.cache, self._program_cache, self._plan_options = self.cache, None, None, None
+        clear = getattr(cache.store, "clear", None) if cache is not None else None
+        try:  # the cache is off whatever the store does
+            if callable(clear):
+                clear()
+        except Exception as err:
+            logger.warning(f"disable_cache: the store's clear() failed ({type(err).__name__}: {err}); "
+                           "its entries were left in place")
 
     def _program(self, spec: RunSpec, plan: Graph | None, timesteps: torch.Tensor, shape: tuple) -> Program:
         fingerprint = self._fingerprint(spec, shape)
@@ -289,6 +294,9 @@ class EditWanPipeline(WanPipeline):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         self.check_inputs(prompt, negative_prompt, height, width, prompt_embeds, negative_prompt_embeds,
                           callback_on_step_end_tensor_inputs, guidance_scale_2)
+        check_call(self, height=height, width=width, num_frames=num_frames, guidance_scale=guidance_scale,
+                   num_videos_per_prompt=num_videos_per_prompt, max_sequence_length=max_sequence_length,
+                   output_type=output_type)
         if self.transformer_2 is not None or self.config.boundary_ratio is not None:
             raise ValueError("transformer_2/boundary_ratio: two-stage (Wan2.2 A14B) pipelines are not supported "
                              "by EditWanPipeline; use a single-transformer pipeline")

@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from edit.checks import check_tiny
+
 #: Defaults of the tiny transformer; any key can be overridden through `tiny_components(**overrides)`.
 TINY_TRANSFORMER = dict(
     patch_size=(1, 2, 2),
@@ -53,6 +55,7 @@ def tiny_components(seed: int = 0, *, torch_dtype: torch.dtype = torch.float32,
     if not isinstance(torch_dtype, torch.dtype):
         raise TypeError(f"torch_dtype: expected a torch.dtype, got {type(torch_dtype).__name__}")
     config = {**TINY_TRANSFORMER, **transformer_overrides}
+    check_tiny(seed, config, vae)
     tokenizer = ByT5Tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+
 from edit.passes.policy import CacheContext, CachePolicy, PolicyState, check_threshold, register_policy, relative_l1
 
 #: TeaCache4Wan2.1 rescaling polynomials (highest degree first): variant -> {use_ret_steps: coefficients}.
@@ -72,12 +75,7 @@ class TeaCache(CachePolicy):
                                  f"{', '.join(TEACACHE_COEFFICIENTS)} (or pass coefficients=[...])")
             coefficients = TEACACHE_COEFFICIENTS[wan_variant][use_ret_steps]
         else:
-            try:
-                coefficients = tuple(float(c) for c in coefficients)
-            except (TypeError, ValueError):
-                raise TypeError("coefficients: expected a sequence of numbers (highest degree first)") from None
-            if not coefficients:
-                raise ValueError("coefficients: expected at least one number")
+            coefficients = _check_coefficients(coefficients)
         self.wan_variant = wan_variant
         self.coefficients = tuple(coefficients)
         self.poly = _Horner(self.coefficients)
@@ -132,3 +130,18 @@ class FirstBlockCache(CachePolicy):
 
     def describe(self) -> str:
         return f"fbcache(rel_l1_thresh={self.rel_l1_thresh}, warmup_steps={self.warmup_steps})"
+
+
+def _check_coefficients(coefficients) -> tuple[float, ...]:
+    # A str is a sequence too: '12' would be read as the polynomial 1x + 2.
+    if isinstance(coefficients, (str, bytes)) or not hasattr(coefficients, "__iter__"):
+        raise TypeError(f"coefficients: expected a sequence of numbers (highest degree first), "
+                        f"got {type(coefficients).__name__} {coefficients!r}")
+    values = tuple(coefficients)
+    if not all(isinstance(c, numbers.Real) and not isinstance(c, bool) for c in values):
+        raise TypeError(f"coefficients: expected a sequence of numbers (highest degree first), got {values!r}")
+    if not values:
+        raise ValueError("coefficients: expected at least one number")
+    if not all(math.isfinite(c) for c in values):
+        raise ValueError(f"coefficients: expected finite numbers, got {values!r}")
+    return tuple(float(c) for c in values)

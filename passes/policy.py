@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -156,6 +157,6 @@ def policy_class(name: str) -> type[CachePolicy]:
 def check_threshold(value: Any, name: str = "rel_l1_thresh") -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name}: expected a number >= 0, got {type(value).__name__}")
-    if value < 0:
-        raise ValueError(f"{name}: expected a number >= 0 (0 never skips), got {value}")
+    if not math.isfinite(value) or value < 0:  # NaN compares False everywhere: it would never skip
+        raise ValueError(f"{name}: expected a finite number >= 0 (0 never skips), got {value}")
     return float(value)

@@ -73,7 +73,7 @@ def test_tiny_budget_tiered_store_equals_unbounded_gpu_store(tmp_path, uncached,
     assert gpu.spills > 0 and cpu.spills > 0  # residuals went GPU -> CPU -> disk ...
     assert disk.hits > 0 and cpu.promotions + gpu.promotions == disk.hits + cpu.hits  # ... and were read back
     assert stats.misses == stats.evictions == stats.rejected == 0 and disk.lost == 0
-    files = sorted((tmp_path / "disk").iterdir())
+    files = sorted(f for f in store.stores[2].folder.iterdir() if f.suffix == ".safetensors")
     assert len(files) == disk.entries == n_keys - 2
     assert sorted(str(store.stores[2].path(k)) for k in store.stores[2].keys()) == [str(f) for f in files]
     store.close()

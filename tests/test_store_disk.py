@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from edit.runtime.store import CPUStore, DiskStore, GPUStore, TieredStore
 from edit.runtime.store import disk as disk_module
 from edit.runtime.store._entryfile import CHUNK_BYTES
+from edit.runtime.store._home import KEPT_NAME, LOCK_NAME
 from test_store_util import DTYPES, bits_equal, held_bytes, make_tensor
 
 
@@ -25,8 +26,9 @@ def store(tmp_path):
     made.close()
 
 
-def _files(directory) -> list[str]:
-    return sorted(os.listdir(directory))
+def _files(folder) -> list[str]:
+    """The entry and temp files in a store's folder (its lock file aside)."""
+    return sorted(name for name in os.listdir(folder) if name != LOCK_NAME)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -34,7 +36,7 @@ def test_files_are_standard_safetensors_with_key_and_checksum(store, dtype):
     value = make_tensor(dtype, 12, "transposed", seed=5)
     store.put(("gen", 2, "cond", 7), value)
     path = store.path(("gen", 2, "cond", 7))
-    assert path.suffix == ".safetensors" and path.parent == store.directory
+    assert path.suffix == ".safetensors" and path.parent == store.folder and store.folder.parent == store.directory
     assert bits_equal(load_file(path)["residual"], value.contiguous())  # readable by safetensors itself
     with safe_open(path, "pt") as f:
         meta = f.metadata()
@@ -131,7 +133,7 @@ def test_a_bad_file_found_inside_a_tiered_store_is_forgotten_by_it(tmp_path, fou
         assert getattr(tiers, found_by)(("a",)) is None
     assert ("a",) not in tiers and tiers.stats.tiers[1].lost == 1
     assert tiers.tier_bytes == [s.nbytes for s in tiers.stores] == [64, 64 if found_by == "spill" else 0, 0]
-    assert os.listdir(tmp_path / "d") == ([tiers.stores[1].path(("b",)).name] if found_by == "spill" else [])
+    assert _files(tiers.stores[1].folder) == ([tiers.stores[1].path(("b",)).name] if found_by == "spill" else [])
     tiers.close()
     with pytest.raises(ValueError, match="closed"):
         tiers.put(("d",), torch.zeros(1))
@@ -162,7 +164,7 @@ def test_write_errors_drop_the_put_and_leave_the_store_usable(store, monkeypatch
     assert store.put(("replaced",), torch.zeros(64)) is False  # the old value must not survive either
     assert ("new",) not in store and ("replaced",) not in store and store.get(("replaced",)) is None
     assert store.nbytes == 32 == held_bytes(store) and store.stats.errors == 2 and store.stats.rejected == 2
-    assert _files(store.directory) == [store.path(("kept",)).name]  # no temp files left behind
+    assert _files(store.folder) == [store.path(("kept",)).name]  # no temp files left behind
     monkeypatch.undo()
     assert store.put(("new",), torch.ones(64)) and store.get(("new",)).sum().item() == 64
 
@@ -173,7 +175,7 @@ def test_a_failed_rename_drops_the_put(store, monkeypatch):
 
     monkeypatch.setattr(os, "replace", refuse)
     assert store.put(("a",), torch.ones(4)) is False
-    assert _files(store.directory) == [] and store.nbytes == 0
+    assert _files(store.folder) == [] and store.nbytes == 0
     monkeypatch.undo()
     assert store.put(("a",), torch.ones(4))
 
@@ -194,14 +196,17 @@ def test_a_crash_between_write_and_rename_leaves_no_readable_torn_entry(tmp_path
     with pytest.raises(_Crash):
         store.put(("torn",), torch.ones(4))
     monkeypatch.undo()
-    temps = [name for name in _files(directory) if name.startswith(disk_module.TEMP_PREFIX)]
+    folder = store.folder
+    temps = [name for name in _files(folder) if name.startswith(disk_module.TEMP_PREFIX)]
     assert len(temps) == 1  # the debris a crash leaves ...
     assert store.get(("torn",)) is None and ("torn",) not in store
-    store.close()
-    reopened = DiskStore(directory, device="cpu")  # ... is removed when the directory is opened again
-    assert [n for n in _files(directory) if n.startswith(disk_module.TEMP_PREFIX)] == []
+    store.close()  # ... is removed even when the entries are kept
+    assert [n for n in _files(folder) if n.startswith(disk_module.TEMP_PREFIX)] == []
+    assert len(_files(folder)) == 2  # the kept entry and the `kept` marker
+    reopened = DiskStore(directory, device="cpu")
     assert len(reopened) == 0 and reopened.get(("old",)) is None  # a reopened store starts empty
     reopened.close()
+    assert os.listdir(directory) == [folder.name]  # a kept folder is the user's to remove
 
 
 def test_tiered_store_evicts_an_entry_the_disk_cannot_take(tmp_path, monkeypatch):
@@ -216,7 +221,7 @@ def test_tiered_store_evicts_an_entry_the_disk_cannot_take(tmp_path, monkeypatch
     assert tiers.stats.tiers[1].evictions == 1 and tiers.stores[2].stats.errors == 1
     assert tiers.put(("wide",), torch.ones(64)) is False  # 256 B fits only on disk, which is full
     assert tiers.tier_bytes == [128, 64, 0] == [s.nbytes for s in tiers.stores]
-    assert _files(tmp_path / "d") == []
+    assert _files(tiers.stores[2].folder) == []
     monkeypatch.undo()
     assert tiers.put(("e",), torch.ones(16)) and tiers.tier_of(("b",)) == 2  # the disk works again
     assert tiers.get(("b",)).sum().item() == 16
@@ -228,12 +233,13 @@ def test_close_removes_the_files_unless_keep(tmp_path):
         store.put((1,), torch.ones(3))
         store.put((2,), torch.ones(3))
         store.drop((2,))
-        assert len(_files(tmp_path / "gone")) == 1
-    assert _files(tmp_path / "gone") == []
+        assert len(_files(store.folder)) == 1
+    assert os.listdir(tmp_path / "gone") == []  # the store's folder went with its files
     kept = DiskStore(tmp_path / "kept", device="cpu", keep=True)
     kept.put((1,), torch.ones(3))
     kept.close()
-    assert len(_files(tmp_path / "kept")) == 1 and kept.nbytes == 0
+    names = _files(kept.folder)
+    assert KEPT_NAME in names and len([n for n in names if n.endswith(".safetensors")]) == 1 and kept.nbytes == 0
     with pytest.raises(ValueError, match="closed"):
         kept.put((2,), torch.ones(1))
     assert kept.get((1,)) is None
@@ -246,7 +252,7 @@ def test_an_unclosed_store_still_cleans_up_when_collected(tmp_path):
     import gc
 
     gc.collect()
-    assert _files(tmp_path / "c") == []
+    assert os.listdir(tmp_path / "c") == []
 
 
 def _gated_reads(monkeypatch) -> threading.Event:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import zlib
 from concurrent.futures import Executor
 from typing import Callable
@@ -26,6 +27,9 @@ FORMAT = "edit.store/1"
 CHUNK_BYTES = 4 << 20
 # A header lists one 8-hex-digit CRC per chunk, so 1 MiB covers entries of hundreds of GB.
 MAX_HEADER_BYTES = 1 << 20
+#: Longest key repr a file may carry: JSON may escape each character to 6 bytes, and the CRC list of a
+#: large entry needs room too, so this keeps every header far inside MAX_HEADER_BYTES.
+MAX_KEY_REPR = 1 << 16
 
 #: torch dtypes a disk entry can hold, with their safetensors names.
 DTYPE_NAMES: dict[torch.dtype, str] = {
@@ -94,12 +98,20 @@ def write_entry(path: str, tensor: torch.Tensor, key_repr: str, crc_pool: Execut
 
 def read_entry(record: EntryRecord, pin: bool, crc_pool: Executor | None) -> torch.Tensor | None:
     """Read and verify ``record``'s file into a new host tensor; None when anything does not match."""
+    # Anything but a regular file is a miss without being read: a FIFO would block the read (and
+    # close() behind it) forever, a device could have side effects. lstat first, so a FIFO or device
+    # is never even opened; O_NOFOLLOW | O_NONBLOCK and fstat cover a swap between lstat and open.
     try:
-        fd = os.open(record.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        if not stat.S_ISREG(os.lstat(record.path).st_mode):
+            return None
+        fd = os.open(record.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError:
         return None
     try:
-        size = os.fstat(fd).st_size
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        size = info.st_size
         prefix = os.pread(fd, 8, 0)
         if len(prefix) != 8:
             return None

@@ -16,6 +16,7 @@ from typing import Any, Hashable
 
 import torch
 
+from edit.runtime.store._checks import check_key
 from edit.runtime.store.stats import Counters, StoreStats, TieredStats
 
 #: A store key: a hashable tuple such as ``(generation, step, branch, unit)``.
@@ -81,6 +82,11 @@ class CacheStore(abc.ABC):
 
     @abc.abstractmethod
     def __len__(self) -> int: ...
+
+    def validate_key(self, key: Key) -> None:
+        """Raise (TypeError/ValueError) if ``put`` would refuse ``key``; a TieredStore asks every tier
+        up front, so a key a lower tier cannot hold is refused at ``put``, not lost at a spill."""
+        check_key(key)
 
     def accepts(self, tensor: torch.Tensor) -> bool:
         """Whether this kind of store can hold ``tensor`` at all (e.g. disk needs a safetensors dtype)."""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import itertools
 import os
+import shutil
 import time
 import weakref
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
@@ -16,7 +18,8 @@ import torch
 
 from edit.runtime.store._checks import check_bool, check_key, check_tensor
 from edit.runtime.store._device import consume_staged, resolve_device, side_stream, stage_on, to_device
-from edit.runtime.store._entryfile import DTYPE_NAMES, EntryRecord, read_entry, write_entry
+from edit.runtime.store._entryfile import DTYPE_NAMES, MAX_KEY_REPR, EntryRecord, read_entry, write_entry
+from edit.runtime.store._home import StoreHome
 from edit.runtime.store.base import Key, SingleTierStore
 
 #: Names of in-progress writes; anything left with this prefix is debris of a crash.
@@ -53,9 +56,17 @@ class DiskStore(SingleTierStore):
     starts the device copy on a side stream under CUDA); ``get`` waits only for what is still missing.
 
     ``fsync=True`` makes each write durable before the rename; off by default since the cache lives
-    no longer than the process and the CRC already rejects torn files. ``close()`` removes the files
-    this store wrote unless ``keep=True``; opening a directory removes leftover temp files. One store
-    per directory: a reopened store starts empty and ignores files it finds.
+    no longer than the process and the CRC already rejects torn files.
+
+    Each store keeps its files in its own subfolder of ``directory`` (``folder``), owned through a
+    lock (see ``_home``): stores sharing a directory, in one process or several, are independent,
+    and a store opening the directory removes the folders of stores whose process died or that
+    could not delete their files. ``close()`` removes the folder unless ``keep=True`` (then it stays,
+    marked kept, until the user removes it). A reopened store starts empty. A removed folder is
+    recreated by the next ``put``; anything but a regular file at an entry's path (a FIFO, a
+    directory, a symlink, a device) reads as a miss without being opened for I/O, and the next
+    ``put`` of that key replaces it. Keys go into the file's header by ``repr``: a key whose repr
+    fails or is longer than ``MAX_KEY_REPR`` characters is refused by ``put`` (ValueError).
 
     >>> import tempfile
     >>> with tempfile.TemporaryDirectory() as tmp, DiskStore(tmp, device="cpu") as store:
@@ -69,6 +80,8 @@ class DiskStore(SingleTierStore):
                  keep: bool = False, max_workers: int = 2, fsync: bool = False) -> None:
         if not isinstance(directory, (str, os.PathLike)):
             raise TypeError(f"directory must be a str or os.PathLike; got {type(directory).__name__}")
+        if not os.fspath(directory):  # Path('') would silently mean the current directory
+            raise ValueError("directory must be a non-empty path; got ''")
         check_bool(keep, "keep")
         check_bool(fsync, "fsync")
         if isinstance(max_workers, bool) or not isinstance(max_workers, int):
@@ -77,10 +90,7 @@ class DiskStore(SingleTierStore):
             raise ValueError(f"max_workers must be a positive int; got {max_workers}")
         self.device = resolve_device(device)
         self.directory = Path(directory)
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-        except (FileExistsError, NotADirectoryError):
-            raise ValueError(f"directory must be a directory path; {str(directory)!r} is a file") from None
+        self._home = StoreHome(self.directory)  # raises ValueError naming the directory and the reason
         self.keep = keep
         self.fsync = fsync
         self._pin = self.device.type == "cuda"
@@ -92,19 +102,40 @@ class DiskStore(SingleTierStore):
         self._pending: dict[Key, _Pending] = {}
         self._closed = False
         self._temp_ids = itertools.count()
-        self.remove_temp_files()
-        # A store that is never closed still releases its threads and (unless keep) its files.
-        self._finalizer = weakref.finalize(self, _release, self._io, self._crc,
-                                           None if keep else self._entries)
+        # A store that is never closed still releases its threads, its lock and (unless keep) its files.
+        self._finalizer = weakref.finalize(self, _release, self._io, self._crc, self._home, keep)
+
+    @property
+    def folder(self) -> Path:
+        """This store's own subfolder of ``directory``, where its files are."""
+        return self._home.folder
+
+    @property
+    def swept(self) -> int:
+        """How many folders of dead stores this store removed when it opened ``directory``."""
+        return self._home.swept
+
+    def validate_key(self, key: Key) -> str:
+        """Check ``key`` as ``put`` will and return its repr; ValueError names what is wrong."""
+        check_key(key)
+        try:
+            key_repr = repr(key)
+        except Exception as err:
+            raise ValueError(f"key: DiskStore needs the key's repr (it is written into the file and checked "
+                             f"on read), and repr() raised {type(err).__name__}: {err}") from None
+        if not isinstance(key_repr, str) or len(key_repr) > MAX_KEY_REPR:
+            size = len(key_repr) if isinstance(key_repr, str) else type(key_repr).__name__
+            raise ValueError(f"key: its repr has {size} characters; DiskStore keys need a repr of at most "
+                             f"{MAX_KEY_REPR} characters (it is written into each file's header)")
+        return key_repr
 
     def put(self, key: Key, tensor: torch.Tensor) -> bool:
         """Write ``tensor`` to its own file; False (and nothing stored) when the write fails."""
-        check_key(key)
+        key_repr = self.validate_key(key)
         check_tensor(tensor)
         if not self.accepts(tensor):
             raise TypeError(f"tensor dtype {tensor.dtype} cannot be stored on disk; allowed: "
                             + ", ".join(sorted(str(d) for d in DTYPE_NAMES)))
-        key_repr = repr(key)
         with self._lock:
             if self._closed:
                 raise ValueError("DiskStore is closed; put needs an open store")
@@ -113,12 +144,18 @@ class DiskStore(SingleTierStore):
         if host.device.type != "cpu":
             host = host.to("cpu")
         host = host.resolve_conj().resolve_neg().contiguous()
-        temp = self.directory / f"{TEMP_PREFIX}{os.getpid()}-{next(self._temp_ids)}{TEMP_SUFFIX}"
         start = time.perf_counter()
-        try:
-            crcs = write_entry(str(temp), host, key_repr, self._crc, self.fsync)
-        except OSError:
-            return self._write_failed(temp)
+        temp = None
+        for attempt in range(2):
+            temp = self.folder / f"{TEMP_PREFIX}{os.getpid()}-{next(self._temp_ids)}{TEMP_SUFFIX}"
+            try:
+                crcs = write_entry(str(temp), host, key_repr, self._crc, self.fsync)
+                break
+            except FileNotFoundError:  # the folder was removed from under us: make a new one, once
+                if attempt or not self._recreate_folder():
+                    return self._write_failed(temp)
+            except OSError:
+                return self._write_failed(temp)
         elapsed = time.perf_counter() - start
         with self._lock:
             if self._closed:
@@ -127,7 +164,7 @@ class DiskStore(SingleTierStore):
             self._remove(key)  # a concurrent put of the same key may have committed meanwhile
             path = self._path_for(key, key_repr)
             try:
-                os.replace(temp, path)
+                _replace(temp, path)
             except OSError:
                 return self._write_failed(temp, locked=True)
             self._entries[key] = EntryRecord(path, key_repr, host.dtype, tuple(host.shape), host.nbytes, crcs)
@@ -199,12 +236,11 @@ class DiskStore(SingleTierStore):
         return tensor.dtype in DTYPE_NAMES
 
     def remove_temp_files(self) -> int:
-        """Delete temp files of interrupted writes in ``directory``; returns how many were removed."""
-        removed = 0
-        for entry in os.scandir(self.directory):
-            if entry.name.startswith(TEMP_PREFIX) and entry.name.endswith(TEMP_SUFFIX):
-                removed += _unlink_quietly(entry.path)
-        return removed
+        """Delete temp files of interrupted writes in this store's folder; returns how many were removed.
+
+        (Those of a dead store go with its whole folder when the next store opens the directory.)
+        """
+        return _remove_temp_files(self.folder)
 
     def close(self) -> None:
         """Cancel prefetches, stop the threads, and remove this store's files unless ``keep``."""
@@ -215,15 +251,13 @@ class DiskStore(SingleTierStore):
             for pending in self._pending.values():
                 pending.future.cancel()
             self._pending.clear()
-            if not self.keep:
-                for record in self._entries.values():
-                    _unlink_quietly(record.path)
             self._entries.clear()
             self._owners.clear()
             self._nbytes = 0
         self._finalizer.detach()
         self._io.shutdown(wait=True, cancel_futures=True)
         self._crc.shutdown(wait=True, cancel_futures=True)
+        _release_home(self._home, self.keep)
 
     def _load(self, record: EntryRecord, stage: bool) -> _Loaded | None:
         host = read_entry(record, self._pin, self._crc)
@@ -233,6 +267,17 @@ class DiskStore(SingleTierStore):
             staged, arrived = stage_on(self._stream, host, self.device)
             return _Loaded(host, staged, arrived)
         return _Loaded(host)
+
+    def _recreate_folder(self) -> bool:
+        with self._lock:
+            if self._closed:
+                return False
+            if not self._home.exists():
+                try:
+                    self._home.create()
+                except ValueError:
+                    return False
+            return True
 
     def _forget_unreadable(self, key: Key, record: EntryRecord) -> None:
         # Only remove the file if it still belongs to the record we read: a concurrent put may have
@@ -254,11 +299,11 @@ class DiskStore(SingleTierStore):
 
     def _path_for(self, key: Key, key_repr: str) -> str:
         digest = hashlib.blake2b(key_repr.encode("utf-8", "backslashreplace"), digest_size=16).hexdigest()
-        path = str(self.directory / f"{digest}{SUFFIX}")
+        path = str(self.folder / f"{digest}{SUFFIX}")
         suffix = 0
         while self._owners.get(path, key) != key:  # a different key with the same repr owns it
             suffix += 1
-            path = str(self.directory / f"{digest}-{suffix}{SUFFIX}")
+            path = str(self.folder / f"{digest}-{suffix}{SUFFIX}")
         return path
 
     def _remove(self, key: Any) -> bool:
@@ -282,9 +327,38 @@ def _unlink_quietly(path: str | os.PathLike) -> int:
         return 0
 
 
-def _release(io: ThreadPoolExecutor, crc: ThreadPoolExecutor, index: dict[Key, EntryRecord] | None) -> None:
-    """Finalizer of an unclosed store: stop its threads and remove its files (unless kept)."""
+def _replace(temp: Path, path: str) -> None:
+    """Rename ``temp`` onto ``path``; a directory squatting there is removed first (it is inside the
+    store's own folder, so it can only be debris)."""
+    try:
+        os.replace(temp, path)
+    except OSError as err:
+        if err.errno not in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST):
+            raise
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(temp, path)
+
+
+def _remove_temp_files(folder: Path) -> int:
+    removed = 0
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0
+    for entry in entries:
+        if entry.name.startswith(TEMP_PREFIX) and entry.name.endswith(TEMP_SUFFIX):
+            removed += _unlink_quietly(entry.path)
+    return removed
+
+
+def _release_home(home: StoreHome, keep: bool) -> None:
+    if keep:
+        _remove_temp_files(home.folder)  # debris of failed writes is never worth keeping
+    home.release(remove=not keep)
+
+
+def _release(io: ThreadPoolExecutor, crc: ThreadPoolExecutor, home: StoreHome, keep: bool) -> None:
+    """Finalizer of an unclosed store: stop its threads and give up its folder."""
     io.shutdown(wait=False, cancel_futures=True)
     crc.shutdown(wait=False, cancel_futures=True)
-    for record in (index or {}).values():
-        _unlink_quietly(record.path)
+    _release_home(home, keep)

@@ -127,6 +127,8 @@ class TieredStore(CacheStore):
     def put(self, key: Key, tensor: torch.Tensor) -> bool:
         """Store ``tensor`` in the highest tier it fits, then spill LRU entries down as budgets demand."""
         check_key(key)
+        for tier in self._tiers:
+            tier.store.validate_key(key)
         check_tensor(tensor)
         with self._lock:
             if self._closed:

@@ -24,7 +24,8 @@ IDENTITY = [1.0, 0.0]
 # -- memory: every value freed after its last use on the path that ran -------------------------
 
 def live_hidden_tensors(shape: torch.Size) -> int:
-    gc.collect()
+    """Tensors of `shape` alive now, found from outside the runtime (the garbage collector's view;
+    no collection first: a tensor kept alive by a reference cycle counts as kept)."""
     return sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor) and o.shape == shape)
 
 
@@ -206,7 +207,7 @@ def _configs():
            ("taylorseer", lambda pipe: TaylorSeerCacheConfig(cache_interval=2, disable_cache_before_step=1))]
     try:
         from diffusers import MagCacheConfig
-        out.append(("magcache", lambda pipe: MagCacheConfig(mag_ratios=[1.0] * 8, num_inference_steps=8,
+        out.append(("magcache", lambda pipe: MagCacheConfig(mag_ratios=[1.0] * 6, num_inference_steps=6,
                                                             threshold=0.5, retention_ratio=0.0)))
     except ImportError:
         pass
@@ -221,10 +222,10 @@ def test_diffusers_cache_hooks_run_under_the_edit_runtime(name, make):
         comps["transformer"] = copy.deepcopy(comps["transformer"])  # hooks attach to the model
         pipe = cls(**comps)
         pipe.transformer.enable_cache(make(pipe))
-        results.append(generate(pipe, num_inference_steps=8))
-    plain = generate(WanPipeline(**components()), num_inference_steps=8)
+        results.append(generate(pipe, num_inference_steps=6))
+    plain = generate(WanPipeline(**components()), num_inference_steps=6)
     assert torch.equal(results[0], results[1])
-    if name in ("fbc", "magcache"):  # (PAB and TaylorSeer may leave 8 steps of the tiny model unchanged)
+    if name in ("fbc", "magcache"):  # (PAB and TaylorSeer may leave 6 steps of the tiny model unchanged)
         assert not torch.equal(results[0], plain)  # the hook did change the run
 
 

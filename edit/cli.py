@@ -69,15 +69,8 @@ def _seed(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from edit import __version__
-
-    parser = _Parser(prog="edit", description="EDiT: inspectable, editable step caching for Wan text-to-video.")
-    parser.add_argument("--version", action="version", version=f"edit {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    gen = sub.add_parser("generate", help="generate a video from a prompt",
-                         description="Generate a video from a prompt and print the plan the run executed.")
-    gen.add_argument("prompt", help="what the video shows")
+def add_run_arguments(gen: argparse.ArgumentParser) -> None:
+    """The model, size, step, guidance and cache flags `generate` and `plan` share."""
     gen.add_argument("--model", default="tiny",
                      help="'tiny' (embedded model with seeded random weights: its videos are noise), a folder "
                           "written by save_pretrained, or a hub id such as Wan-AI/Wan2.1-T2V-1.3B-Diffusers "
@@ -93,11 +86,6 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"pixels, a multiple of 16 (default: {TINY_SIZE[1]} on the tiny model, {FULL_SIZE[1]} otherwise)")
     gen.add_argument("--guidance", type=_finite("--guidance", 0, " (<= 1 turns guidance off)"), default=5.0,
                      help="classifier-free guidance scale; values <= 1 turn guidance off, as in diffusers (default: 5.0)")
-    gen.add_argument("--seed", type=_seed, default=0, help="seed of the initial noise, 0 to 2**64 - 1 (default: 0)")
-    gen.add_argument("--fps", type=_positive_int("--fps"), default=16, help="frames per second of the video (default: 16)")
-    gen.add_argument("--out", default="out.mp4", metavar="FILE",
-                     help="the video, .mp4 (ffmpeg) or .gif (Pillow); an existing file is replaced only once "
-                          "the new one is complete (default: out.mp4)")
     cache = gen.add_argument_group("step caching")
     cache.add_argument("--cache", default=None, metavar="POLICY",
                        help="a registered cache policy: teacache, fbcache, none, ... (default: no cache)")
@@ -107,10 +95,51 @@ def build_parser() -> argparse.ArgumentParser:
                        help="units the policy decides on: stack, per_block or an int k (blocks per unit) (default: stack)")
     cache.add_argument("--wan-variant", default=None,
                        help="TeaCache coefficients: t2v-1.3B, t2v-14B, i2v-480P, i2v-720P (default: t2v-1.3B)")
+    cache.add_argument("--pass", dest="passes", default=None, metavar="PIPELINE",
+                       help="user passes run after the policy, as pipeline text, e.g. "
+                            "\"set_cells(mode=reuse, steps=[1, 2], units=[1])\" (without --cache: policy none) "
+                            "(default: none)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from edit import __version__
+
+    parser = _Parser(prog="edit", description="EDiT: inspectable, editable step caching for Wan text-to-video.")
+    parser.add_argument("--version", action="version", version=f"edit {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    gen = sub.add_parser("generate", help="generate a video from a prompt",
+                         description="Generate a video from a prompt and print the plan the run executed.")
+    gen.add_argument("prompt", help="what the video shows")
+    add_run_arguments(gen)
+    gen.add_argument("--seed", type=_seed, default=0, help="seed of the initial noise, 0 to 2**64 - 1 (default: 0)")
+    gen.add_argument("--fps", type=_positive_int("--fps"), default=16, help="frames per second of the video (default: 16)")
+    gen.add_argument("--out", default="out.mp4", metavar="FILE",
+                     help="the video, .mp4 (ffmpeg) or .gif (Pillow); an existing file is replaced only once "
+                          "the new one is complete (default: out.mp4)")
     gen.add_argument("--plan", default=None, metavar="FILE",
                      help="also draw the plan: .svg, .png, .pdf or .dot, with its .dot source next to it "
                           "(graphviz; see --level) (default: no drawing)")
-    gen.add_argument("--level", default="units", help="detail of --plan: nodes, units or steps (default: units)")
+    gen.add_argument("--level", default="units",
+                     help="detail of --plan and --render: nodes, units or steps (default: units)")
+    gen.add_argument("--plan-file", default=None, metavar="PLAN.json",
+                     help="replay a plan saved with `edit plan --save` (checked against this call) (default: compile one)")
+    gen.add_argument("--render", default=None, metavar="FILE",
+                     help="draw the plan after the run (.svg, .png, .pdf or .dot); with --trace, each run-time "
+                          "cell as what it decided (default: no drawing)")
+    gen.add_argument("--trace", action="store_true", help="with --render: draw the run's decisions (default: off)")
+    gen.add_argument("--stats", default="text", choices=["text", "json"],
+                     help="how to print the cache stats: text or json (default: text)")
+
+    plan = sub.add_parser("plan", help="compile a plan without running it",
+                          description="Compile the plan a `generate` call with these flags would run; print its "
+                                      "step grid and stats; optionally draw and save it.")
+    plan.add_argument("prompt", help="the prompt (no built-in pass reads it: the plan is the same for every prompt)")
+    add_run_arguments(plan)
+    plan.add_argument("--render", default=None, metavar="FILE",
+                      help="draw the plan: .svg, .png, .pdf or .dot (default: no drawing)")
+    plan.add_argument("--level", default="units", help="detail of --render: nodes, units or steps (default: units)")
+    plan.add_argument("--save", default=None, metavar="PLAN.json",
+                      help="write the plan as versioned JSON, for `edit generate --plan-file` (default: not saved)")
     return parser
 
 
@@ -118,9 +147,40 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_flags(args: argparse.Namespace) -> None:
     if args.cache is None:
-        for flag in ("threshold", "granularity", "wan_variant"):
+        for flag in ("threshold", "wan_variant") + (() if args.passes else ("granularity",)):
             if getattr(args, flag) is not None:
                 raise CliError(f"--{flag.replace('_', '-')}: needs --cache POLICY")
+    if getattr(args, "trace", False) and args.render is None:
+        raise CliError("--trace: needs --render FILE (the drawing the decisions go into)")
+    if args.passes is not None:
+        from edit.passes import Pipeline
+
+        try:
+            args.passes_parsed = Pipeline.parse(args.passes).passes
+        except (TypeError, ValueError) as err:
+            raise CliError(f"--pass: {str(err).removeprefix('text: ')}") from None
+
+
+def check_drawing(args: argparse.Namespace, flag: str, value: str | None) -> Path | None:
+    """A drawing target: a known suffix, and a place its file and .dot source can be written."""
+    from edit._output import OutputError, check_target
+    from edit.graph import LEVELS
+    from edit.graph.draw import FORMATS
+
+    if args.level not in LEVELS:
+        raise CliError(f"--level: expected one of {', '.join(LEVELS)}, got {args.level!r}")
+    if value is None:
+        return None
+    path = Path(value)
+    if path.suffix.lstrip(".").lower() not in FORMATS:
+        raise CliError(f"{flag}: expected a file ending in {', '.join('.' + f for f in FORMATS)}, got {value!r}")
+    try:
+        check_target(path, flag)
+        if path.suffix.lower() != ".dot":
+            check_target(path.with_suffix(".dot"), flag)
+    except OutputError as err:
+        raise CliError(f"{err.flag}: {err}") from None
+    return path
 
 
 def check_outputs(args: argparse.Namespace) -> tuple[Path, Path | None]:
@@ -224,8 +284,15 @@ def load_pipeline(model: str, folder: Path | None):
         raise CliError(f"--model: cannot load {model!r}: {first}") from None
 
 
-def enable_cache(pipe, args: argparse.Namespace) -> None:
-    if args.cache is None:
+def enable_cache(pipe, args: argparse.Namespace, plan=None) -> None:
+    from edit.graph import Cell
+
+    policy = args.cache
+    if policy is None and plan is not None and plan.find(Cell):
+        policy = plan_policy(plan)  # a saved plan with cells runs under the policy that made it
+    if policy is None and args.passes:
+        policy = "none"
+    if policy is None:
         return
     granularity = args.granularity or "stack"
     if granularity.lstrip("-").isdigit():
@@ -236,9 +303,30 @@ def enable_cache(pipe, args: argparse.Namespace) -> None:
     if args.wan_variant is not None:
         kwargs["wan_variant"] = args.wan_variant
     try:
-        pipe.enable_cache(args.cache, num_inference_steps=args.steps, granularity=granularity, **kwargs)
+        pipe.enable_cache(policy, num_inference_steps=args.steps, granularity=granularity,
+                          passes=getattr(args, "passes_parsed", ()), **kwargs)
     except (TypeError, ValueError) as err:
-        raise CliError(policy_error(args.cache, err)) from None
+        raise CliError(policy_error(policy, err)) from None
+
+
+def plan_policy(plan) -> str:
+    """The policy named by the plan's `apply_policy(policy=...)` pass, else `none`."""
+    import re
+
+    found = re.search(r"apply_policy\(policy=([A-Za-z0-9_.-]+)\)", plan.pipeline or "")
+    return found.group(1) if found else "none"
+
+
+def load_plan_file(value: str | None):
+    if value is None:
+        return None
+    from edit.graph import Plan
+    from edit.graph.planfile import PlanFileError
+
+    try:
+        return Plan.load(value)
+    except PlanFileError as err:
+        raise CliError(f"--plan-file: {err}") from None
 
 
 def policy_error(policy: str, err: Exception) -> str:
@@ -267,6 +355,8 @@ def generate(args: argparse.Namespace) -> int:
 
     check_flags(args)
     out, plan_path = check_outputs(args)
+    render_path = check_drawing(args, "--render", args.render)
+    saved_plan = load_plan_file(args.plan_file)
     folder = local_folder(args.model) if args.model != "tiny" else None
     default = TINY_SIZE if args.model == "tiny" else FULL_SIZE
     height, width = args.height or default[0], args.width or default[1]
@@ -281,7 +371,7 @@ def generate(args: argparse.Namespace) -> int:
 
         weights = sum(p.numel() * p.element_size() for p in pipe.transformer.parameters())
         check_request(args, ModelLimits.from_pipeline(pipe), weights, height, width)
-    enable_cache(pipe, args)
+    enable_cache(pipe, args, saved_plan)
     loaded = time.perf_counter() - start
     say(f"loaded {args.model} in {loaded:.2f} s")
 
@@ -289,17 +379,22 @@ def generate(args: argparse.Namespace) -> int:
     import torch
 
     pipe.set_progress_bar_config(disable=True)
-    plan = pipe.compile(num_inference_steps=args.steps, guidance_scale=args.guidance, height=height, width=width,
-                        num_frames=args.frames)
+    plan = saved_plan or pipe.compile(num_inference_steps=args.steps, guidance_scale=args.guidance, height=height,
+                                      width=width, num_frames=args.frames)
     if plan_path is not None:
         drawn, note = write_plan(plan, plan_path, args.level)
         say(f"wrote {drawn} (the plan, level {args.level})")
         if note:
             print(f"edit: note: {note}", file=sys.stderr)
     start = time.perf_counter()
-    frames = pipe(args.prompt, negative_prompt=args.negative_prompt, height=height, width=width,
-                  num_frames=args.frames, num_inference_steps=args.steps, guidance_scale=args.guidance,
-                  generator=torch.Generator("cpu").manual_seed(args.seed), output_type="np", plan=plan).frames[0]
+    try:
+        frames = pipe(args.prompt, negative_prompt=args.negative_prompt, height=height, width=width,
+                      num_frames=args.frames, num_inference_steps=args.steps, guidance_scale=args.guidance,
+                      generator=torch.Generator("cpu").manual_seed(args.seed), output_type="np", plan=plan).frames[0]
+    except ValueError as err:
+        if saved_plan is None or not str(err).startswith("plan"):
+            raise
+        raise CliError(f"--plan-file: {str(err).splitlines()[0]}") from None
     seconds = time.perf_counter() - start
     if not np.isfinite(frames).all():  # never hand over a silently wrong video
         raise CliError("--guidance: the run produced non-finite values (NaN/inf); nothing was written")
@@ -311,8 +406,60 @@ def generate(args: argparse.Namespace) -> int:
     say("plan (C = computed, S = skipped, R = reused from another generation, ? = decided at run time):")
     say(plan.summary())
     if pipe.cache is not None:
-        say(f"cache: {pipe.cache.policy.describe()}; passes {pipe.cache_pipeline}")
-        say(str(pipe.cache.stats))
+        if args.stats == "json":
+            say(json.dumps(pipe.cache.stats.as_dict()))
+        else:
+            say(f"cache: {pipe.cache.policy.describe()}; passes {pipe.cache_pipeline}")
+            say(str(pipe.cache.stats))
+    if render_path is not None:
+        trace = pipe.cache.stats if args.trace and pipe.cache is not None else None
+        drawn, note = write_plan(plan, render_path, args.level, flag="--render", trace=trace)
+        say(f"wrote {drawn} (the plan, level {args.level}{', with the run' + chr(39) + 's decisions' if trace else ''})")
+        if note:
+            print(f"edit: note: {note}", file=sys.stderr)
+    return 0
+
+
+def plan_command(args: argparse.Namespace) -> int:
+    from edit._output import OutputError, check_target, write_plan
+
+    check_flags(args)
+    render_path = check_drawing(args, "--render", args.render)
+    save_path = None
+    if args.save is not None:
+        save_path = Path(args.save)
+        if save_path.suffix.lower() != ".json":
+            raise CliError(f"--save: expected a file ending in .json, got {args.save!r}")
+        try:
+            check_target(save_path, "--save")
+        except OutputError as err:
+            raise CliError(f"{err.flag}: {err}") from None
+    folder = local_folder(args.model) if args.model != "tiny" else None
+    default = TINY_SIZE if args.model == "tiny" else FULL_SIZE
+    height, width = args.height or default[0], args.width or default[1]
+    known = limits_without_weights(args.model, folder)
+    if known is not None:
+        check_request(args, *known, height, width)
+    pipe = load_pipeline(args.model, folder)
+    enable_cache(pipe, args)
+    start = time.perf_counter()
+    plan = pipe.compile(num_inference_steps=args.steps, guidance_scale=args.guidance, prompt=args.prompt,
+                        height=height, width=width, num_frames=args.frames)
+    say(f"compiled {len(plan)} nodes in {time.perf_counter() - start:.2f} s; passes: {plan.pipeline or '(none)'}")
+    say("plan (C = computed, S = skipped, R = reused from another generation, ? = decided at run time):")
+    say(plan.summary())
+    say(json.dumps(plan.stats(getattr(pipe.cache, "store", None)), indent=1))
+    if render_path is not None:
+        drawn, note = write_plan(plan, render_path, args.level, flag="--render")
+        say(f"wrote {drawn} (the plan, level {args.level})")
+        if note:
+            print(f"edit: note: {note}", file=sys.stderr)
+    if save_path is not None:
+        try:
+            plan.save(save_path)
+        except OSError as err:
+            raise OutputError("--save", f"cannot write {str(save_path)!r}: {err.strerror or err}") from None
+        say(f"wrote {save_path} (replay it with edit generate --plan-file)")
     return 0
 
 
@@ -321,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         args = build_parser().parse_args(argv)
-        return generate(args)
+        return plan_command(args) if args.command == "plan" else generate(args)
     except CliError as err:
         print(f"edit: error: {err}", file=sys.stderr)
         return 2

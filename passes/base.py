@@ -224,5 +224,5 @@ def _parse_one(item: ast.expr, bindings: dict[str, Any]) -> Any:
             kwargs[key] = value
     try:
         return obj(*args, **kwargs)
-    except TypeError as err:
+    except (TypeError, ValueError) as err:
         raise ValueError(f"text: {name}: {err}") from None

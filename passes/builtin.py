@@ -7,7 +7,7 @@ from typing import Any
 
 import attrs
 
-from edit.graph import Graph
+from edit.graph import CELL_MODES, Graph
 from edit.passes.apply_policy import ApplyPolicy
 from edit.passes.base import Pass, Pipeline, register_pass
 from edit.passes.dce import Dce
@@ -35,6 +35,10 @@ class SetCells(Pass):
                                          metadata={"text": lambda v: repr(list(v))})
     units: tuple | None = attrs.field(default=None, converter=_opt_tuple, metadata={"text": lambda v: repr(list(v))})
     consult: bool | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.mode not in CELL_MODES:
+            raise ValueError(f"mode: expected one of {CELL_MODES}, got {self.mode!r}")
 
     def run(self, graph: Graph) -> Graph:
         return set_cells(graph, self.mode, steps=self.steps, branches=self.branches, units=self.units,

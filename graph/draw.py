@@ -2,29 +2,36 @@
 
 Three levels of detail, so a 50-step x 40-block plan stays readable:
 
-- ``"nodes"``: every node and edge of the graph;
-- ``"units"``: each (step, branch, unit) cell — its decision, compute path, reuse path, save and
-  load — drawn as one box coloured by its state (C computed, S reused, R reused from an earlier
-  generation, ? decided at run time), with the reuse edges between cells;
-- ``"steps"``: one box per (step, branch) listing its cells (e.g. ``CCSC``), plus reuse edges.
+- ``"nodes"``: every node and edge of the graph, reuse edges (blue, from the cell whose residual is
+  read) and prefetch edges (purple) included; a prefetch sits where it is issued;
+- ``"units"``: each (step, branch, unit) cell — decision, compute path, reuse path, its prefetch —
+  as one box coloured by its state; a reused cell says where its residual comes from ("S from s7")
+  instead of an edge climbing back through the steps in between;
+- ``"steps"``: one row per step: a strip per branch with one coloured square per unit, and the
+  step's guide + update between them.
 
-Clusters group each step, and each branch inside it. `steps=` draws a subset of the steps.
+Every drawing has a legend, and cond is left of uncond in every step. With `trace=` (a run's
+`CacheStats`, its `cell_states()`, or its `trace`) each cell is drawn as what the run did: computed,
+reused, or recomputed because the store missed; cells the policy decided at run time keep an orange
+border. At the coarse levels the latents' edge from one update to the next is left out: it runs
+parallel to the step's own path and only tangles the drawing. `steps=` draws a subset of the steps.
 """
 
 from __future__ import annotations
 
+import html
 import shutil
 import subprocess
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import graphviz
 
-from edit.graph.nodes import (DATA, PREFETCH, REUSE, REUSE_MODE, Cell, Embed, Guide, Head, Input, Node, Output,
-                              Prefetch, Probe, Unit, Update)
-from edit.graph.text import cell_state, cell_states
+from edit.graph.nodes import (DATA, DECIDE, PREFETCH, REUSE, REUSE_MODE, Cell, Embed, Guide, Head, Input, Node,
+                              Output, Prefetch, Probe, Unit, Update)
+from edit.graph.text import cell_states
 
 if TYPE_CHECKING:
     from edit.graph.core import Graph
@@ -32,23 +39,38 @@ if TYPE_CHECKING:
 LEVELS = ("nodes", "units", "steps")
 FORMATS = ("dot", "svg", "png", "pdf")
 
-#: Fill colour and line style of a cell by state.
-CELL_STYLE = {"C": ("#b7e4c7", "solid"), "S": ("#e9ecef", "dashed"), "R": ("#d0bfff", "dashed"),
-              "?": ("#ffd8a8", "solid")}
+#: Fill colour, line style and legend text of a cell by state. M only comes from a trace.
+CELL_STYLE = {"C": ("#b7e4c7", "solid", "computed"),
+              "S": ("#dee2e6", "dashed", "reused (from sN: the step whose residual it reads)"),
+              "R": ("#d0bfff", "dashed", "reused from another generation"),
+              "?": ("#ffd8a8", "solid", "decided at run time"),
+              "M": ("#ffa8a8", "solid", "reused, missed the store: recomputed")}
+TRACE_STATES = ("C", "S", "M")
+#: The border of a cell the policy decided at run time, once a trace says what it did.
+RUNTIME_BORDER = "#e8590c"
+REUSE_COLOR, PREFETCH_COLOR = "#1c7ed6", "#9c36b5"
+# weight 0, not constraint=false: dot then routes them through its crossing minimisation, down the
+# side of their own branch, instead of as free splines around everything in between
 EDGE_STYLE = {DATA: {},
-              REUSE: dict(color="#1c7ed6", style="dashed", constraint="false"),
-              PREFETCH: dict(color="#9c36b5", style="dashed", constraint="false")}
+              REUSE: dict(color=REUSE_COLOR, style="dashed", weight="0"),
+              PREFETCH: dict(color=PREFETCH_COLOR, style="dashed", weight="0")}
+BLUE, YELLOW, PURPLE = "#d0ebff", "#fff3bf", "#eebefa"
 NODE_STYLE: dict[type, dict[str, str]] = {
     Input: dict(shape="parallelogram"), Output: dict(shape="parallelogram"),
-    Embed: dict(shape="box", style="rounded,filled", fillcolor="#d0ebff"),
-    Head: dict(shape="box", style="rounded,filled", fillcolor="#d0ebff"),
-    Probe: dict(shape="box", style="filled", fillcolor="#fff3bf"),
-    Unit: dict(shape="box", style="filled", fillcolor=CELL_STYLE["C"][0]),
-    Prefetch: dict(shape="cds", style="filled", fillcolor="#eebefa"),
+    Embed: dict(shape="box", style="rounded,filled", fillcolor=BLUE),
+    Head: dict(shape="box", style="rounded,filled", fillcolor=BLUE),
+    Probe: dict(shape="box", style="filled", fillcolor=YELLOW),
+    Prefetch: dict(shape="cds", style="filled", fillcolor=PURPLE),
     Guide: dict(shape="ellipse"), Update: dict(shape="ellipse"),
 }
-_CELL_KINDS = (Unit, Cell)  # a Prefetch stays apart: it runs in another cell
+_CELL_KINDS = (Unit, Cell)
+#: Inputs every cell of a branch reads beside its hidden state (the embed's context, the probe's
+#: residual): the coarse levels draw the hidden state's chain and leave these to level "nodes".
+_CONTEXT_PORTS = ("ctx", "probe")
+_TraceKey = tuple[int, str, int]
 
+
+# -- inputs -----------------------------------------------------------------------------------------
 
 def _check(graph: Any, level: str, steps: Iterable[int] | None) -> set[int] | None:
     from edit.graph.core import Graph
@@ -70,11 +92,84 @@ def _check(graph: Any, level: str, steps: Iterable[int] | None) -> set[int] | No
     return chosen
 
 
+def _trace(graph: Graph, trace: Any) -> dict[_TraceKey, str] | None:
+    """A run's trace as {(step, branch, unit): "C" | "S" | "M"}, checked against the plan."""
+    if trace is None:
+        return None
+    if hasattr(trace, "cell_states"):  # CacheStats
+        trace = trace.cell_states()
+    if not isinstance(trace, Mapping):
+        raise TypeError(f"trace: expected CacheStats, its cell_states() or its trace dict, got {type(trace).__name__}")
+    states: dict[_TraceKey, str] = {}
+    for key, value in trace.items():
+        if isinstance(key, tuple) and len(key) == 2 and isinstance(value, str):  # stats.trace: a row per unit
+            states.update(((step, key[0], key[1]), ch) for step, ch in enumerate(value))
+        elif isinstance(key, tuple) and len(key) == 3:
+            states[key] = value
+        else:
+            raise TypeError(f"trace: expected keys (step, branch, unit) or (branch, unit), got {key!r}")
+    cells = {n.cell for n in graph.nodes(Cell)}
+    for key, state in sorted(states.items(), key=lambda kv: (kv[0][0], str(kv[0][1]), kv[0][2])):
+        if state not in TRACE_STATES:
+            raise ValueError(f"trace: cell {key} has state {state!r}, expected one of {', '.join(TRACE_STATES)}")
+        if key not in cells:
+            raise ValueError(f"trace: cell {key} is not a cached cell of this plan (a trace of another plan?)")
+    return states
+
+
+class _Look:
+    """What each (step, branch, unit) is drawn as: its state, where a reuse reads from, its prefetch."""
+
+    def __init__(self, graph: Graph, trace: dict[_TraceKey, str] | None):
+        self.traced = trace is not None
+        self.states = cell_states(graph)
+        self.runtime: set[_TraceKey] = set()
+        self.source: dict[_TraceKey, str] = {}
+        self.prefetch = {(p.step, p.branch, p.unit): p.issue for p in graph.nodes(Prefetch)}
+        by_unit: dict[tuple, list[Cell]] = {}
+        for cell in graph.nodes(Cell):
+            by_unit.setdefault((cell.model, cell.generation, cell.branch, cell.unit), []).append(cell)
+            if cell.mode == DECIDE:
+                self.runtime.add(cell.cell)
+            if cell.mode == REUSE_MODE and graph.read_key(cell)[1] != cell.generation:
+                self.states[cell.cell] = "R"
+        self.states.update(trace or {})
+        for cells in by_unit.values():
+            written: int | None = None  # the step whose compute path last saved this unit's residual
+            for cell in sorted(cells, key=lambda c: c.step):
+                state = self.states[cell.cell]
+                if state in ("S", "M", "R"):
+                    if state == "R":
+                        self.source[cell.cell] = f"gen {graph.read_key(cell)[1]}"
+                    elif cell.mode == REUSE_MODE and cell.source is not None:
+                        self.source[cell.cell] = f"s{cell.source}"
+                    elif written is not None:
+                        self.source[cell.cell] = f"s{written}"
+                # "?": it may compute, so it is the latest writer as `graph.latest_writer` sees it; a
+                # miss recomputes into the key it read, which is the unit's latest unless it was pinned
+                if state in ("C", "?") or (state == "M" and graph.read_key(cell) == cell.key):
+                    written = cell.step
+
+    def state(self, step: int, branch: str, unit: int) -> str:
+        return self.states.get((step, branch, unit), "C")
+
+    def caption(self, cell: _TraceKey) -> str:
+        """The state line of a cell: "C", "S from s3", "M (s3 missed)", "?"."""
+        state, source = self.states.get(cell, "C"), self.source.get(cell)
+        if source is None:
+            return state
+        return f"M ({source} missed)" if state == "M" else f"{state} from {source}"
+
+
+# -- the drawing --------------------------------------------------------------------------------------
+
 def _display_key(node: Node, level: str) -> tuple:
     """Which drawn node `node` becomes at `level` (several graph nodes may share one)."""
+    if isinstance(node, Prefetch) and level != "nodes":  # summarised on the cell whose read it stages
+        return _display_key_of_cell(node.step, node.branch, node.unit, level)
     step, branch = getattr(node, "step", None), getattr(node, "branch", None)
-    if level == "units" and isinstance(node, _CELL_KINDS):
-        return ("cell", step, branch, node.unit)
+    if isinstance(node, _CELL_KINDS) and level != "nodes":
+        return _display_key_of_cell(step, branch, node.unit, level)
     if level == "steps" and branch is not None:
         return ("branch", step, branch)
     if level == "steps" and isinstance(node, (Guide, Update)):
@@ -82,9 +177,16 @@ def _display_key(node: Node, level: str) -> tuple:
     return ("node", node)
 
 
+def _display_key_of_cell(step: int, branch: str, unit: int, level: str) -> tuple:
+    return ("cell", step, branch, unit) if level == "units" else ("branch", step, branch)
+
+
 def _cluster_of(key: tuple) -> tuple:
+    """(step, branch) of the cluster a drawn node sits in; a prefetch sits where it is issued."""
     if key[0] == "node":
         node = key[1]
+        if isinstance(node, Prefetch):
+            return node.issue[0], node.issue[1]
         return getattr(node, "step", None), getattr(node, "branch", None)
     if key[0] == "update":
         return key[1], None
@@ -97,36 +199,113 @@ def _ident(key: tuple) -> str:
     return ".".join(str(part) for part in key)
 
 
-def _attributes(key: tuple, members: list[Node], cells: dict[tuple[int, str, int], str]) -> dict[str, str]:
+def _cell_look(state: str, runtime: bool, look: _Look) -> dict[str, str]:
+    fill, line, _ = CELL_STYLE[state]
+    attrs = dict(shape="box", style=f"filled,{line}", fillcolor=fill)
+    if runtime and look.traced:
+        attrs.update(color=RUNTIME_BORDER, penwidth="2")
+    return attrs
+
+
+def _attributes(key: tuple, members: list[Node], look: _Look, spec: Any, level: str) -> dict[str, str]:
     kind = key[0]
     if kind == "node":
         node = key[1]
         params = node.params()
-        attrs = {"label": f"{node.name}\\n{node.op}" + (f" {params}" if params and len(params) < 40 else "")}
-        attrs.update(NODE_STYLE.get(type(node), {}))
-        if isinstance(node, Cell):
-            fill, line = CELL_STYLE[cell_state(node)]
-            attrs.update(shape="box", style=f"filled,{line}", fillcolor=fill)
-        return attrs
+        if level == "nodes" or getattr(node, "step", None) is None:
+            label = f"{node.name}\\n{node.op}" + (f" {params}" if params and len(params) < 40 else "")
+        else:  # its cluster already says the step and branch
+            label = node.op + (f" {params}" if params and len(params) < 40 else "")
+        attrs = dict(NODE_STYLE.get(type(node), {}))
+        if isinstance(node, _CELL_KINDS):
+            cell = (node.step, node.branch, node.unit)
+            state = look.states.get(cell, "C")
+            if state != "?" and (look.traced or state != "C"):
+                label += f"\\n{look.caption(cell)}"
+            attrs.update(_cell_look(state, cell in look.runtime, look))
+        return dict(label=label, **attrs)
     if kind == "cell":
-        _, step, branch, unit = key
-        state = cells.get((step, branch, unit), "C")
-        fill, line = CELL_STYLE[state]
-        blocks = next((m.blocks for m in members if isinstance(m, (Unit, Cell))), None)
-        span = f" blocks {blocks[0]}:{blocks[1]}" if blocks else ""
-        return dict(label=f"u{unit}{span}\\n{state}", shape="box", style=f"filled,{line}", fillcolor=fill)
+        cell = key[1:]
+        blocks = next((m.blocks for m in members if isinstance(m, _CELL_KINDS)), None)
+        span = f" · blocks {blocks[0]}:{blocks[1]}" if blocks else ""
+        label = f"u{cell[2]}{span} · {look.caption(cell)}"
+        if cell in look.prefetch:
+            issue = look.prefetch[cell]
+            label += f"\\nprefetched at s{issue[0]}.{issue[1]}.u{issue[2]}"
+        return dict(label=label, **_cell_look(look.state(*cell), cell in look.runtime, look))
     if kind == "branch":
-        _, step, branch = key
-        states = "".join(state for (s, b, _), state in sorted(cells.items()) if s == step and b == branch)
-        fill, line = CELL_STYLE["S" if states and set(states) <= {"S", "R"} else "?" if "?" in states else "C"]
-        return dict(label=f"s{step} {branch}\\n{states}", shape="box", style=f"filled,{line}", fillcolor=fill)
-    return dict(label=f"s{key[1]} guide+update", shape="ellipse")
+        return _strip(key[1], key[2], members, look)
+    step = key[1]
+    timestep = f"\\nt={spec.timesteps[step]:g}" if spec is not None and step < len(spec.timesteps) else ""
+    return dict(label=f"step {step}{timestep}", shape="ellipse", margin="0.04,0.02")
 
 
-def to_dot(graph: Graph, *, level: str = "units", steps: Iterable[int] | None = None) -> graphviz.Digraph:
+def _strip(step: int, branch: str, members: list[Node], look: _Look) -> dict[str, str]:
+    """A (step, branch) at the steps level: its name and a summary over one coloured square per unit."""
+    units = sorted({m.unit for m in members if isinstance(m, _CELL_KINDS)})
+    cells = [(step, branch, u) for u in units]
+    width = max(6, min(120, 240 // max(len(units), 1)))  # a strip about as wide whatever the unit count
+    squares = []
+    for cell in cells:
+        state = look.state(*cell)
+        fill = CELL_STYLE[state][0]  # no dashes: forty dashed squares in a row read as noise
+        border = f' COLOR="{RUNTIME_BORDER}"' if look.traced and cell in look.runtime else ""
+        squares.append(f'<TD BGCOLOR="{fill}"{border} WIDTH="{width}" HEIGHT="14" '
+                       f'TITLE="u{cell[2]} {html.escape(look.caption(cell))}"></TD>')
+    counts: dict[str, int] = {}
+    for cell in cells:
+        caption = look.caption(cell)
+        counts[caption] = counts.get(caption, 0) + 1
+    summary = ", ".join(f"{n} {caption}" for caption, n in counts.items())
+    staged = sum(cell in look.prefetch for cell in cells)
+    if staged:
+        summary += f", {staged} prefetched"
+    head = (f'<TR><TD COLSPAN="{max(len(cells), 1)}" BORDER="0" ALIGN="LEFT"><B>{branch}</B> '
+            f'{html.escape(summary)}</TD></TR>')
+    row = f"<TR>{''.join(squares)}</TR>" if squares else ""
+    states = "".join(look.state(*cell) for cell in cells)
+    return dict(label=f'<<TABLE BORDER="0" CELLBORDER="1" CELLSPACING="0" CELLPADDING="1">{head}{row}</TABLE>>',
+                shape="plaintext", tooltip=f"s{step} {branch}: {states}")
+
+
+def _legend(level: str, look: _Look, graph: Graph) -> str:
+    def swatch(fill: str, line: str, border: str = "") -> str:
+        colour = f' COLOR="{border}"' if border else ""
+        return f'<TD BGCOLOR="{fill}" STYLE="{line}"{colour} BORDER="1" WIDTH="18" HEIGHT="10"></TD>'
+
+    def text(words: str, colour: str = "") -> str:
+        words = html.escape(words)
+        if colour:
+            words = f'<FONT COLOR="{colour}">{words}</FONT>'
+        return f'<TD ALIGN="LEFT">{words}</TD>'
+
+    rows = [f"<TR>{swatch(fill, line)}{text(words)}</TR>" for fill, line, words in CELL_STYLE.values()]
+    if look.traced:
+        rows.append(f"<TR>{swatch('#ffffff', 'solid', RUNTIME_BORDER)}"
+                    f"{text('decided at run time: filled with what the traced run did')}</TR>")
+    if level == "nodes":
+        rows.append(f"<TR>{text('- - ->', REUSE_COLOR)}"
+                    f"{text('reuse: from the cell whose residual is read', REUSE_COLOR)}</TR>")
+        if graph.nodes(Prefetch):
+            rows.append(f"<TR>{text('- - ->', PREFETCH_COLOR)}"
+                        f"{text('prefetch: stages a read, issued before a cell', PREFETCH_COLOR)}</TR>")
+        rows.append(f"<TR>{swatch(BLUE, 'rounded')}{text('embed / head')}</TR>")
+        if graph.nodes(Probe):
+            rows.append(f"<TR>{swatch(YELLOW, 'solid')}{text('first-block probe (always computed)')}</TR>")
+    elif graph.nodes(Prefetch):
+        rows.append(f"<TR>{text('prefetched', PREFETCH_COLOR)}"
+                    f"{text('its read is staged ahead (see level nodes)')}</TR>")
+    title = {"nodes": "every node and edge", "units": "one box per cell",
+             "steps": "one square per cell, a row per step"}[level]
+    return (f'<<TABLE BORDER="1" COLOR="#adb5bd" CELLBORDER="0" CELLSPACING="2" CELLPADDING="1">'
+            f'<TR><TD COLSPAN="2" ALIGN="LEFT"><B>legend</B> ({title})</TD></TR>{"".join(rows)}</TABLE>>')
+
+
+def to_dot(graph: Graph, *, level: str = "units", steps: Iterable[int] | None = None,
+           trace: Any = None) -> graphviz.Digraph:
     """The plan as a graphviz `Digraph` (`.source` is the DOT text); see the module docstring."""
     chosen = _check(graph, level, steps)
-    cells = cell_states(graph)
+    look = _Look(graph, _trace(graph, trace))
     members: dict[tuple, list[Node]] = {}
     order = graph.order()
     rank = {node: i for i, node in enumerate(order)}
@@ -139,72 +318,176 @@ def to_dot(graph: Graph, *, level: str = "units", steps: Iterable[int] | None = 
     edges = _edges(graph, level, drawn, rank)
     if chosen is not None:  # inputs/output whose steps were left out would float unconnected
         linked = {end for a, b, _ in edges for end in (a, b)}
-        members = {k: v for k, v in members.items() if _cluster_of(k)[0] is not None or _ident(k) in linked}
+        members = {k: v for k, v in members.items() if _cluster_of(k)[0] is not None or k in linked}
+    spec = graph.spec
 
-    dot = graphviz.Digraph(name="plan", graph_attr=dict(rankdir="TB", fontname="Helvetica", compound="true"),
-                           node_attr=dict(fontname="Helvetica", fontsize="10"), edge_attr=dict(fontsize="8"))
-    if graph.spec is not None:
-        spec = graph.spec
-        dot.attr(label=f"{spec.num_steps} steps, {spec.num_blocks} blocks, granularity {spec.granularity}, "
-                       f"generation {spec.generation} (level {level})", labelloc="t")
+    dot = graphviz.Digraph(name="plan", graph_attr=dict(rankdir="TB", fontname="Helvetica", compound="true",
+                                                        nodesep="0.2", ranksep="0.2" if level == "steps" else "0.35"),
+                           node_attr=dict(fontname="Helvetica", fontsize="10"),
+                           edge_attr=dict(fontsize="8", arrowsize="0.7"))
+    title = f"level {level}" + (", with the run's trace" if look.traced else "")
+    if spec is not None:
+        title = (f"{spec.num_steps} steps, {spec.num_blocks} blocks, granularity {spec.granularity}, "
+                 f"generation {spec.generation} ({title})")
+    dot.attr(label=title, labelloc="t", fontsize="14")
+    dot.node("legend", label=_legend(level, look, graph), shape="plaintext", fontsize="9")
+
     clusters: dict[tuple, list[tuple]] = {}
     for key in members:
         clusters.setdefault(_cluster_of(key), []).append(key)
-    for step in sorted({s for s, _ in clusters if s is not None}):
-        with dot.subgraph(name=f"cluster_s{step}") as step_graph:
-            step_graph.attr(label=f"step {step}", style="rounded", color="#adb5bd")
-            for (s, branch), keys in clusters.items():
-                if s != step:
-                    continue
-                if branch is None:
-                    for key in keys:
-                        step_graph.node(_ident(key), **_attributes(key, members[key], cells))
-                    continue
-                with step_graph.subgraph(name=f"cluster_s{step}_{branch}") as branch_graph:
-                    branch_graph.attr(label=branch, style="dashed", color="#ced4da")
-                    for key in keys:
-                        branch_graph.node(_ident(key), **_attributes(key, members[key], cells))
+    branches = _branch_order(graph, clusters)
     for key in clusters.get((None, None), []):
-        dot.node(_ident(key), **_attributes(key, members[key], cells))
+        dot.node(_ident(key), **_attributes(key, members[key], look, spec, level))
+    for step in sorted({s for s, _ in clusters if s is not None}):
+        if level == "steps":
+            _steps_row(dot, step, branches, clusters, members, look, spec)
+        elif level == "nodes":
+            _branch_clusters(dot, step, branches, clusters, members, look, spec, level)
+        else:
+            _step_cluster(dot, step, branches, clusters, members, look, spec, level)
     for a, b, kind in edges:
-        dot.edge(a, b, **EDGE_STYLE.get(kind, {}))
+        _edge(dot, level, a, b, kind, branches)
+    if level != "steps":  # invisible, each prefetch just above the cell that issues it
+        for key in members:
+            if key[0] == "node" and isinstance(key[1], Prefetch):
+                issuer = next((k for k in members if k[0] == "node" and isinstance(k[1], _CELL_KINDS)
+                               and k[1].cell == tuple(key[1].issue)), None)
+                if issuer is not None:
+                    dot.edge(_ident(key), _ident(issuer), style="invis", weight="4")
     return dot
 
 
-def _edges(graph: Graph, level: str, drawn: dict[Node, tuple], rank: dict[Node, int]) -> list[tuple[str, str, str]]:
-    """(source id, destination id, kind) between drawn nodes, deduplicated, in execution order."""
+def _branch_order(graph: Graph, clusters: dict[tuple, list[tuple]]) -> list[str]:
+    present = {b for _, b in clusters if b is not None}
+    known = list(graph.spec.branches) if graph.spec is not None else ["cond", "uncond"]
+    return [b for b in known if b in present] + sorted(present - set(known))
+
+
+def _step_cluster(dot: graphviz.Digraph, step: int, branches: list[str], clusters: dict, members: dict,
+                  look: _Look, spec: Any, level: str) -> None:
+    timestep = f" · t={spec.timesteps[step]:g}" if spec is not None and step < len(spec.timesteps) else ""
+    with dot.subgraph(name=f"cluster_s{step}") as step_graph:
+        step_graph.attr(label=f"step {step}{timestep}", style="rounded", color="#adb5bd", fontsize="12")
+        for branch in branches:
+            keys = clusters.get((step, branch))
+            if not keys:
+                continue
+            with step_graph.subgraph(name=f"cluster_s{step}_{branch}") as branch_graph:
+                branch_graph.attr(label=branch, style="dashed", color="#ced4da", fontsize="10")
+                for key in keys:
+                    branch_graph.node(_ident(key), **_attributes(key, members[key], look, spec, level))
+        for key in clusters.get((step, None), []):
+            step_graph.node(_ident(key), **_attributes(key, members[key], look, spec, level))
+
+
+def _branch_clusters(dot: graphviz.Digraph, step: int, branches: list[str], clusters: dict, members: dict,
+                     look: _Look, spec: Any, level: str) -> None:
+    """Level nodes: a cluster per (step, branch) and no step cluster around them, so the long edges
+    (latents from update to update, text into every step, reuse) pass between and beside the
+    branches instead of around a box the width of the drawing."""
+    timestep = f" · t={spec.timesteps[step]:g}" if spec is not None and step < len(spec.timesteps) else ""
+    for branch in branches:
+        keys = clusters.get((step, branch))
+        if keys:
+            with dot.subgraph(name=f"cluster_s{step}_{branch}") as branch_graph:
+                branch_graph.attr(label=f"step {step}{timestep} · {branch}", style="rounded,dashed", color="#adb5bd",
+                                  fontsize="11")
+                for key in keys:
+                    branch_graph.node(_ident(key), **_attributes(key, members[key], look, spec, level))
+    for key in clusters.get((step, None), []):
+        dot.node(_ident(key), **_attributes(key, members[key], look, spec, level))
+
+
+def _steps_row(dot: graphviz.Digraph, step: int, branches: list[str], clusters: dict, members: dict,
+               look: _Look, spec: Any, level: str = "steps") -> None:
+    """cond, the step's guide+update, uncond side by side on one rank: flat edges fix that order."""
+    with dot.subgraph() as row:
+        row.attr(rank="same")
+        for branch in branches:
+            for key in clusters.get((step, branch), []):
+                row.node(_ident(key), **_attributes(key, members[key], look, spec, level))
+        for key in clusters.get((step, None), []):
+            row.node(_ident(key), **_attributes(key, members[key], look, spec, level))
+
+
+def _branch_of(key: tuple) -> str | None:
+    if key[0] == "node":
+        return getattr(key[1], "branch", None)
+    return key[2] if key[0] in ("cell", "branch") else None
+
+
+def _is_spine(key: tuple) -> bool:
+    return key[0] == "update" or (key[0] == "node" and isinstance(key[1], (Guide, Update)))
+
+
+def _edge(dot: graphviz.Digraph, level: str, src: tuple, dst: tuple, kind: str, branches: list[str]) -> None:
+    """One edge; its ports put the first branch left of the second.
+
+    Both branches of a step are the same shape, so without a hint dot's crossing minimisation
+    breaks the tie either way from step to step. An edge leaving the update's south-west corner for
+    cond and its south-east one for uncond (the same into the guide) crosses itself unless cond is
+    on the left.
+    """
+    attrs = dict(EDGE_STYLE.get(kind, {}))
+    a, b = _ident(src), _ident(dst)
+    side = {branches[0]: "w", branches[-1]: "e"} if len(branches) == 2 else {}
+    if kind != DATA:
+        corner = side.get(_branch_of(dst))
+        if corner:  # reuse/prefetch edges run down the outer side of their own branch
+            attrs.update(tailport=corner, headport=corner)
+    elif level == "steps" and _is_spine(dst) and _branch_of(src) is not None:
+        if side.get(_branch_of(src)) == "e":  # a flat edge keeps its tail on the left: draw it reversed
+            dot.edge(b, a, dir="back", **attrs)
+            return
+    elif _is_spine(src) and side.get(_branch_of(dst)):
+        attrs["tailport"] = "s" + side[_branch_of(dst)]
+    elif _is_spine(dst) and side.get(_branch_of(src)):
+        attrs["headport"] = "n" + side[_branch_of(src)]
+    dot.edge(a, b, **attrs)
+
+
+def _edges(graph: Graph, level: str, drawn: dict[Node, tuple], rank: dict[Node, int]) -> list[tuple[tuple, tuple, str]]:
+    """(source key, destination key, kind) between drawn nodes, deduplicated, in execution order."""
     # At the coarse levels the text embeddings feed every step: draw those edges into the first step only.
     first = min((n.step for n in drawn if getattr(n, "step", None) is not None), default=None)
     edges = [(src, dst, data) for src, dst, data in graph.nx.edges(data=True) if src in drawn and dst in drawn]
-    for cell in [n for n in drawn if isinstance(n, Cell) and n.mode != "compute"]:  # reuse: from the residual's writer
-        source = (graph.cell_at(cell.source, cell.branch, cell.unit, cell.model) if cell.mode == REUSE_MODE
-                  and cell.source is not None else graph.latest_writer(cell))
-        if source is not None and source in drawn:
-            edges.append((source, cell, {"kind": REUSE, "port": None}))
-    out: list[tuple[str, str, str]] = []
-    seen: set[tuple[str, str, str]] = set()
+    if level == "nodes":  # reuse: from the residual's writer (coarse levels say "from sN" instead)
+        for cell in [n for n in drawn if isinstance(n, Cell) and n.mode != "compute"]:
+            source = (graph.cell_at(cell.source, cell.branch, cell.unit, cell.model) if cell.mode == REUSE_MODE
+                      and cell.source is not None else graph.latest_writer(cell))
+            if source is not None and source in drawn:
+                edges.append((source, cell, {"kind": REUSE, "port": None}))
+    out: list[tuple[tuple, tuple, str]] = []
+    seen: set[tuple[tuple, tuple, str]] = set()
     for src, dst, data in sorted(edges, key=lambda e: (rank[e[1]], rank[e[0]], e[2]["kind"], e[2].get("port") or "")):
-        if level != "nodes" and isinstance(src, Input) and getattr(dst, "step", first) != first:
-            continue
-        edge = (_ident(drawn[src]), _ident(drawn[dst]), data["kind"])
+        if level != "nodes":
+            if data.get("port") in _CONTEXT_PORTS:
+                continue
+            if isinstance(src, Input) and (getattr(dst, "step", first) != first or isinstance(dst, Update)):
+                continue
+            if isinstance(src, Update) and isinstance(dst, Update):  # the latents, parallel to the step's path
+                continue
+        edge = (drawn[src], drawn[dst], data["kind"])
         if edge[0] != edge[1] and edge not in seen:
             seen.add(edge)
             out.append(edge)
     return out
 
 
-def render(graph: Graph, path: str | Path, *, level: str = "units", steps: Iterable[int] | None = None) -> Path:
+def render(graph: Graph, path: str | Path, *, level: str = "units", steps: Iterable[int] | None = None,
+           trace: Any = None) -> Path:
     """Write the plan to `path` (.dot, .svg, .png or .pdf) and return the file written.
 
     The DOT source is always written next to it (`path` with the suffix `.dot`). Without the
     graphviz `dot` binary only the source is written, with a warning saying so, and that path is
-    returned.
+    returned. `trace`: a run's `CacheStats` (or its `cell_states()` / `trace`) to draw what each
+    cell did.
     """
     path = Path(path)
     fmt = path.suffix.lstrip(".").lower()
     if fmt not in FORMATS:
         raise ValueError(f"path: expected a file ending in {', '.join('.' + f for f in FORMATS)}, got {str(path)!r}")
-    source = to_dot(graph, level=level, steps=steps).source
+    source = to_dot(graph, level=level, steps=steps, trace=trace).source
     dot_path = path.with_suffix(".dot")
     dot_path.write_text(source)
     if fmt == "dot":

@@ -95,3 +95,8 @@ class Plan(Graph):
             if theirs != mine:
                 return f"{field}: the plan was compiled for {mine!r}, this call has {theirs!r}"
         return None
+
+    def render(self, path: str | os.PathLike, *, level: str = "units", steps: Any = None, trace: Any = None) -> Path:
+        """Draw the plan (`edit.graph.draw.render`): .svg/.png/.pdf/.dot; `trace=pipe.cache.stats` draws what ran."""
+        from edit.graph.draw import render
+        return render(self, path, level=level, steps=steps, trace=trace)

@@ -36,7 +36,7 @@ class Graph:
         self._order: list[Node] | None = None
         self._order_signature = (0, 0)
         self._by_name: dict[str, Node] = {}
-        self._by_step: dict[tuple[type, int | None], list[Node]] = {}
+        self._by_step: dict[tuple[type, int | None], dict[Node, None]] = {}  # dicts: O(1) removal, insertion order
         self._types: dict[type, dict[int | None, None]] = {}  # kind -> the steps it occurs at
         self._cells: dict[tuple, list[Cell]] = {}  # residual group -> cells sorted by step
 
@@ -58,15 +58,24 @@ class Graph:
     def _index(self, node: Node) -> None:
         self._by_name[node.name] = node
         step = getattr(node, "step", None)
-        self._by_step.setdefault((type(node), step), []).append(node)
+        self._by_step.setdefault((type(node), step), {})[node] = None
         self._types.setdefault(type(node), {})[step] = None
         if isinstance(node, Cell):
             group = self._cells.setdefault(_cell_group(node), [])
             bisect.insort(group, node, key=lambda c: c.step)
 
+    def _reindex(self, old: Node, new: Node) -> None:
+        self._by_name[new.name] = new
+        bucket = self._by_step[(type(old), getattr(old, "step", None))]
+        del bucket[old]
+        bucket[new] = None
+        if isinstance(old, Cell):
+            group = self._cells[_cell_group(old)]
+            group[bisect.bisect_left(group, old.step, key=lambda c: c.step)] = new
+
     def _unindex(self, node: Node) -> None:
         del self._by_name[node.name]
-        self._by_step[(type(node), getattr(node, "step", None))].remove(node)
+        del self._by_step[(type(node), getattr(node, "step", None))][node]
         if isinstance(node, Cell):
             self._cells[_cell_group(node)].remove(node)
 
@@ -117,8 +126,12 @@ class Graph:
         if new in self.nx:
             raise ValueError(f"new: %{new.name} is already in the graph")
         g = self.nx
-        self._unindex(old)
-        self._index(new)
+        if type(old) is type(new) and old.name == new.name and getattr(old, "step", None) == getattr(new, "step", None) \
+                and (not isinstance(old, Cell) or _cell_group(old) == _cell_group(new)):
+            self._reindex(old, new)  # the same slot in every index: swap in place
+        else:
+            self._unindex(old)
+            self._index(new)
         # rewire the adjacency in place: O(degree), where networkx would re-add edge by edge
         succ, pred = g._succ, g._pred
         succ[new], pred[new] = succ.pop(old), pred.pop(old)
@@ -145,7 +158,7 @@ class Graph:
         new.__dict__.update(self.__dict__)
         new.nx = _copy_nx(self.nx)
         new._by_name = dict(self._by_name)
-        new._by_step = {k: list(v) for k, v in self._by_step.items()}
+        new._by_step = {k: dict(v) for k, v in self._by_step.items()}
         new._types = {k: dict(v) for k, v in self._types.items()}
         new._cells = {k: list(v) for k, v in self._cells.items()}
         new._order = None if self._order is None else list(self._order)

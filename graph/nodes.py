@@ -295,7 +295,7 @@ class Prefetch(Node):
         return (step, self.phase, _branch_rank(branch), unit, self.sub, self.name)
 
     def check(self, graph: Graph) -> str | None:
-        readers = graph.consumers(self, kind=PREFETCH)
+        readers = [v for v, keydict in graph.nx._succ[self].items() for d in keydict.values() if d["kind"] == PREFETCH]
         if len(readers) != 1 or not isinstance(readers[0], Cell) or readers[0].cell != (self.step, self.branch, self.unit):
             return "a prefetch needs exactly one prefetch edge, to the cell it is named after"
         reader = readers[0]

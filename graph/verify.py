@@ -7,7 +7,7 @@ runtime and computes what it prints.
 from __future__ import annotations
 
 import gc
-from collections import Counter, defaultdict
+from collections import defaultdict
 
 import networkx as nx
 
@@ -73,11 +73,15 @@ def _verify(graph: Graph) -> None:
         cycle = nx.find_cycle(g)
         path = " -> ".join(_name(e[0]) for e in cycle) + f" -> {_name(cycle[0][0])}"
         raise GraphError(f"cycle through {_name(cycle[0][0])}: {path}") from None
+    pred = g._pred
     for node in order:
-        ports = Counter(d["port"] for keydict in g._pred[node].values() for d in keydict.values()
-                        if d["kind"] == DATA)
+        ports: dict[str, int] = {}
+        for keydict in pred[node].values():
+            for d in keydict.values():
+                if d["kind"] == DATA:
+                    ports[d["port"]] = ports.get(d["port"], 0) + 1
         for port in node.inputs:
-            if ports[port] == 0:
+            if port not in ports:
                 raise GraphError(f"{_name(node)}: input {port!r} has no producer")
         for port, count in ports.items():
             if port not in node.inputs and port not in node.optional:

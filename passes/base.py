@@ -148,9 +148,8 @@ class Pipeline:
             if new is graph:
                 records.append(PassRecord(pass_text(p), False, 0, 0, seconds))
             else:
-                before, after = graph.nx.nodes, new.nx.nodes  # a pass returns its input when it changes nothing
-                records.append(PassRecord(pass_text(p), True, sum(n not in before for n in after),
-                                          sum(n not in after for n in before), seconds))
+                before, after = graph.nx._node.keys(), new.nx._node.keys()  # set algebra on key views, in C
+                records.append(PassRecord(pass_text(p), True, len(after - before), len(before - after), seconds))
             graph = new
         return graph, records
 

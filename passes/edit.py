@@ -108,7 +108,14 @@ def set_cells(graph: Graph, mode: str | Mapping[Any, str], *, steps: Iterable[in
                              "no earlier step stores a residual")
         if mode == DECIDE:
             keep_consult = False if target == DECIDE else keep_consult
-        edited = attrs.evolve(cell, mode=target, consult=keep_consult, source=None)
+        source = None
+        if target == REUSE_MODE:  # earlier steps are final already (cells go in step order)
+            writer = new.latest_writer(cell)
+            if writer is None:
+                raise GraphError(f"%{cell.name}: cannot reuse: no earlier step of ({cell.branch}, u{cell.unit}) "
+                                 "stores a residual")
+            source = writer.step if writer.mode == COMPUTE else None
+        edited = attrs.evolve(cell, mode=target, consult=keep_consult, source=source)
         if edited != cell:
             new.replace_node(cell, edited)
         groups.add((cell.model, cell.generation, cell.branch, cell.unit))
@@ -125,6 +132,9 @@ def _repoint_reuses(graph: Graph, group: tuple) -> None:
             continue
         if cell.source is not None and cell.check(graph) is None:
             continue
+        if cell.source is None and graph.latest_writer(cell) is not None \
+                and graph.latest_writer(cell).mode != COMPUTE:
+            continue  # reads whatever the run-time writer before it stored: still right
         writer = graph.latest_writer(cell)
         if writer is None:
             raise GraphError(f"%{cell.name}: reuses, but no earlier step of ({cell.branch}, u{cell.unit}) stores "

@@ -165,11 +165,11 @@ class EditWanPipeline(WanPipeline):
                 return adapter.time_signals(state.timestep(step, probe), dtype)
         return signals
 
-    def _fingerprint(self, spec: RunSpec, shape: tuple) -> dict[str, Any]:
+    def _fingerprint(self, spec: RunSpec, shape: tuple, version: tuple | None = None) -> dict[str, Any]:
         """What a plan is bound to: the model (class, config, a digest of the weights), dtype, sizes,
         steps, guidance, and the shape of one residual (for `plan.stats()`)."""
         model = self.transformer
-        version = weights_version(model)
+        version = weights_version(model) if version is None else version
         if getattr(self, "_digest", (None,))[0] != version:
             self._digest = (version, weights_digest(model))
         config = model.config
@@ -236,12 +236,13 @@ class EditWanPipeline(WanPipeline):
                            "its entries were left in place")
 
     def _program(self, spec: RunSpec, plan: Graph | None, timesteps: torch.Tensor, shape: tuple) -> Program:
-        fingerprint = self._fingerprint(spec, shape)
+        version = weights_version(self.transformer)
+        fingerprint = self._fingerprint(spec, shape, version)
         if plan is not None:
             self._check_plan(plan, spec, fingerprint)
             return compile_program(plan)
         cache = self.cache
-        key = (spec, tuple(shape), fingerprint["dtype"], weights_version(self.transformer), id(cache),
+        key = (spec, tuple(shape), fingerprint["dtype"], version, id(cache),
                cache and cache.hook_version())
         if self._program_cache is None or self._program_cache[0] != key:
             plan = self.build_plan(spec, self._signals(timesteps, shape), fingerprint)

@@ -19,7 +19,7 @@ from diffusers.utils.torch_utils import get_module_execution_device
 
 from edit.checks import check_call, check_enable_cache
 from edit.graph import Graph, Plan, RunSpec, check_granularity, lower, verify
-from edit.passes import Pipeline, default_pipeline, make_policy
+from edit.passes import Pipeline, check_warm_steps, default_pipeline, make_policy
 from edit.runtime import Program, RunState, StepEnd, WanAdapter, compile_program
 from edit.runtime.cache import CacheController
 from edit.runtime.offload import forward_hooks
@@ -95,9 +95,10 @@ class EditWanPipeline(WanPipeline):
         scheduler.set_timesteps(num_inference_steps, device=device)
         return scheduler.timesteps
 
-    def plan_pipeline(self, decisions=None) -> Pipeline:
+    def plan_pipeline(self, decisions=None, *, fingerprint: dict | None = None, prefetch: bool = True) -> Pipeline:
         """The pass pipeline a call runs: `default_pipeline` from the cache settings (or the
-        pipeline given to `enable_cache(pipeline=...)`), with the fold decisions bound."""
+        pipeline given to `enable_cache(pipeline=...)`), with the fold decisions, the reuse window
+        and the prefetch cost model's figures bound. `prefetch=False` leaves prefetches out."""
         options = self._plan_options
         if self.cache is None or options is None:
             return default_pipeline()
@@ -105,14 +106,40 @@ class EditWanPipeline(WanPipeline):
             return Pipeline.parse(str(options["pipeline"]), policy=self.cache.policy, decisions=decisions) \
                 if isinstance(options["pipeline"], str) else _bind(options["pipeline"], decisions)
         return default_pipeline(granularity=options["granularity"], policy=self.cache.policy, fold=options["fold"],
-                                decisions=decisions, passes=options["passes"], prefetch=options["prefetch"])
+                                decisions=decisions, passes=options["passes"], window=self.cache.reuse_window,
+                                prefetch=self._prefetch_setting(fingerprint) if prefetch else None)
+
+    def _prefetch_setting(self, fingerprint: dict | None) -> int | dict | None:
+        """What `schedule_prefetch` gets: an explicit lead, or ("auto", or given transfer costs) the
+        cost model's figures — the residual's bytes, the slow tier's bandwidth and latency (measured
+        once on the store), the previous run's compute time per cell; None without a slow tier."""
+        setting = self._plan_options["prefetch"]
+        if setting is None or isinstance(setting, int):
+            return setting
+        from edit.runtime.store.measure import measure_transfer, slowest_tier
+
+        cache = self.cache
+        if slowest_tier(cache.store) is None:
+            return None
+        residual = None
+        if fingerprint is not None:
+            residual = Plan.from_graph(Graph(), fingerprint=fingerprint, copy=False).residual_bytes()
+        if cache.transfer is None:
+            cache.transfer = dict(setting) if isinstance(setting, dict) else \
+                measure_transfer(cache.store, residual or (1 << 20))
+        if cache.transfer is None:
+            return None
+        unit = cache.last_unit_seconds
+        return {"residual_bytes": residual, "bandwidth": float(f"{cache.transfer['bandwidth']:.2g}"),
+                "latency": float(f"{cache.transfer.get('latency', 0.0):.2g}"),
+                "unit_seconds": None if unit is None else float(f"{unit:.2g}")}
 
     @property
     def cache_pipeline(self) -> str:
         """The textual form of the pass pipeline plans are compiled with."""
         return str(self.plan_pipeline())
 
-    def build_plan(self, spec: RunSpec, signals=None, fingerprint: dict | None = None) -> Plan:
+    def build_plan(self, spec: RunSpec, signals=None, fingerprint: dict | None = None, prefetch: bool = True) -> Plan:
         """Lower `spec` and run the plan pipeline (`plan_pipeline`); a static policy is folded when
         `signals` (step -> the adapter's static signals) is given. Verified once at the end (after
         every pass too in debug mode)."""
@@ -120,7 +147,7 @@ class EditWanPipeline(WanPipeline):
         decisions = None
         if cache is not None and signals is not None and getattr(cache.policy, "static_signal", False):
             decisions = functools.partial(cache.static_decisions, signals=signals)
-        pipeline = self.plan_pipeline(decisions)
+        pipeline = self.plan_pipeline(decisions, fingerprint=fingerprint, prefetch=prefetch)
         graph, self.pass_records = pipeline.run(lower(spec))
         if not pipeline.debug:
             verify(graph)
@@ -183,7 +210,8 @@ class EditWanPipeline(WanPipeline):
     # -- caching ------------------------------------------------------------------------------
     def enable_cache(self, policy: Any = "teacache", *, num_inference_steps: int | None = None,
                      granularity: str | int = "stack", store: Any = None, fold: bool = True,
-                     prefetch: int | None = None, passes: Sequence[Any] = (), pipeline: Pipeline | str | None = None,
+                     prefetch: int | str | dict | None = "auto", passes: Sequence[Any] = (),
+                     pipeline: Pipeline | str | None = None,
                      **policy_kwargs: Any) -> CacheController:
         """Turn on step caching with `policy` (a registered name, a CachePolicy subclass or instance).
 
@@ -191,14 +219,30 @@ class EditWanPipeline(WanPipeline):
         `granularity` ("stack", "per_block" or an int k: units of k blocks), `fold` (evaluate static
         policies such as TeaCache at compile time into a fixed schedule), `passes` (user passes,
         run after the policy is applied and folded, before prefetches are placed), `prefetch`
-        (issue every residual read this many cells ahead; see `prefetch_lead`). `pipeline` (a
+        (`"auto"`, the default: when the store has a slower tier than device memory, reads that
+        certainly happen are staged ahead by a cost model — the residual's bytes over the slow
+        tier's bandwidth, measured on the store, against the previous run's time per cell; a dict
+        `{"bandwidth": bytes/s, "latency": s}` gives the tier's costs instead; an int k stages every
+        read, run-time ones too, k cells ahead; None: no prefetch). `pipeline` (a
         `Pipeline` or its text) replaces the default pipeline. `store`: where residuals live
         (default: a GPUStore on the execution device). Returns `pipe.cache`.
         """
         check_enable_cache(store=store, fold=fold)
         policy = make_policy(policy, **policy_kwargs)
-        if prefetch is not None and (isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 1):
-            raise ValueError(f"prefetch: expected None or an int >= 1 (cells ahead of each read), got {prefetch!r}")
+        if isinstance(prefetch, dict):
+            bandwidth = prefetch.get("bandwidth")
+            if set(prefetch) - {"bandwidth", "latency"} or isinstance(bandwidth, bool) or \
+                    not isinstance(bandwidth, (int, float)) or not bandwidth > 0 or \
+                    not isinstance(prefetch.get("latency", 0.0), (int, float)) or prefetch.get("latency", 0.0) < 0:
+                raise ValueError(f"prefetch: a dict gives the slow tier's costs, {{'bandwidth': bytes/s > 0, "
+                                 f"'latency': seconds >= 0}}; got {prefetch!r}")
+        elif prefetch != "auto" and prefetch is not None and (isinstance(prefetch, bool) or
+                                                              not isinstance(prefetch, int) or prefetch < 1):
+            raise ValueError(f"prefetch: expected 'auto', None, a dict of tier costs or an int >= 1 (cells ahead "
+                             f"of each read), got {prefetch!r}")
+        warm = getattr(policy, "warm_steps", None)
+        if warm is not None and num_inference_steps is not None:
+            check_warm_steps(warm, num_inference_steps)
         check_granularity(granularity, self.adapter.num_blocks)
         if num_inference_steps is not None and (isinstance(num_inference_steps, bool) or
                                                 not isinstance(num_inference_steps, int) or num_inference_steps < 1):
@@ -235,17 +279,19 @@ class EditWanPipeline(WanPipeline):
             logger.warning(f"disable_cache: the store's clear() failed ({type(err).__name__}: {err}); "
                            "its entries were left in place")
 
-    def _program(self, spec: RunSpec, plan: Graph | None, timesteps: torch.Tensor, shape: tuple) -> Program:
+    def _program(self, spec: RunSpec, plan: Graph | None, timesteps: torch.Tensor, shape: tuple,
+                 prefetch: bool = True) -> Program:
         version = weights_version(self.transformer)
         fingerprint = self._fingerprint(spec, shape, version)
         if plan is not None:
             self._check_plan(plan, spec, fingerprint)
             return compile_program(plan)
         cache = self.cache
-        key = (spec, tuple(shape), fingerprint["dtype"], version, id(cache),
-               cache and cache.hook_version())
+        setting = self._prefetch_setting(fingerprint) if cache is not None and prefetch else None
+        key = (spec, tuple(shape), fingerprint["dtype"], version, id(cache), cache and cache.hook_version(),
+               cache and cache.reuse_window, repr(setting))
         if self._program_cache is None or self._program_cache[0] != key:
-            plan = self.build_plan(spec, self._signals(timesteps, shape), fingerprint)
+            plan = self.build_plan(spec, self._signals(timesteps, shape), fingerprint, prefetch=prefetch)
             self._program_cache = (key, compile_program(plan, check=False))
         return self._program_cache[1]
 
@@ -289,8 +335,16 @@ class EditWanPipeline(WanPipeline):
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
         max_sequence_length: int = 512,
         plan: Graph | None = None,
+        reset_cache: bool = True,
+        prefetch_reuse: bool = True,
     ) -> WanPipelineOutput | tuple:
-        """Generate a video; arguments as `WanPipeline.__call__`, plus `plan` to replay a compiled graph."""
+        """Generate a video; arguments as `WanPipeline.__call__`, plus `plan` to replay a compiled graph,
+        `reset_cache` (False: the cache's policy states and stats go on from the previous call, as a
+        segment loop that calls `pipe.cache.reset()` itself wants) and `prefetch_reuse` (False:
+        compile the plan without prefetches)."""
+        for name, value in (("reset_cache", reset_cache), ("prefetch_reuse", prefetch_reuse)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{name}: expected a bool, got {type(value).__name__}")
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         self.check_inputs(prompt, negative_prompt, height, width, prompt_embeds, negative_prompt_embeds,
@@ -342,17 +396,19 @@ class EditWanPipeline(WanPipeline):
         if cache is not None and enabled_for not in (None, num_inference_steps):
             raise ValueError(f"num_inference_steps: the cache was enabled for {enabled_for} steps, "
                              f"this call asks for {num_inference_steps}")
+        if cache is not None and getattr(cache.policy, "warm_steps", None) is not None:
+            check_warm_steps(cache.policy.warm_steps, num_inference_steps)
         spec = self.run_spec(num_inference_steps, guidance_scale, timesteps)
         inputs = {"latents": latents, "text.cond": prompt_embeds}
         if self.do_classifier_free_guidance:
             inputs["text.uncond"] = negative_prompt_embeds
 
         with forward_hooks(self.transformer):  # offloading hooks: the run stands in for its forwards
-            program = self._program(spec, plan, timesteps, tuple(latents.shape))
+            program = self._program(spec, plan, timesteps, tuple(latents.shape), prefetch=prefetch_reuse)
             if program.has_cells and cache is None:
                 raise ValueError("plan: it has cache cells; enable a cache (pipe.enable_cache) to run it")
             if cache is not None:
-                cache.begin_run(len(timesteps), program.num_units)
+                cache.begin_run(len(timesteps), program.num_units, reset=reset_cache)
             with self.progress_bar(total=num_inference_steps) as progress_bar, self._lora_scale(attention_kwargs):
                 state = self.make_run_state(program, inputs, timesteps, progress_bar, num_inference_steps,
                                             callback_on_step_end, callback_on_step_end_tensor_inputs)

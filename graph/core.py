@@ -229,18 +229,26 @@ class Graph:
 
     def latest_writer(self, cell: Cell, key: tuple | None = None) -> Cell | None:
         """The last cell before `cell` that writes `key` (default: the unit's latest-residual key)."""
-        if key is not None and key != cell.key:  # a pinned step key: only its own step writes it
+        if key is not None and key != cell.key:  # a step key: only its own step writes it
+            if key[1] != cell.generation:
+                return None  # another generation's: written before this run
             src = self.cell_at(key[-1], cell.branch, cell.unit, cell.model)
             return src if src is not None and src.step < cell.step else None
         group = self._cells.get(_cell_group(cell), [])
         i = bisect.bisect_left(group, cell.step, key=lambda c: c.step)
         for earlier in reversed(group[:i]):
-            if earlier.mode != REUSE_MODE:
+            if earlier.mode != REUSE_MODE or earlier.window:  # a window reuse stores the residual it applied
                 return earlier
         return None
 
+    def read_keys(self, cell: Cell) -> list[tuple]:
+        """Every store key the reuse path of `cell` reads (several for a cross-generation window)."""
+        return cell.window_keys if cell.window else [self.read_key(cell)]
+
     def read_key(self, cell: Cell) -> tuple:
-        """The store key the reuse path of `cell` reads."""
+        """The store key the reuse path of `cell` reads (the first, for a window)."""
+        if cell.window:
+            return cell.window_keys[0]
         if cell.source is not None:
             src = self.cell_at(cell.source, cell.branch, cell.unit, cell.model)
             if src is not None and src.pin and src.mode == COMPUTE:

@@ -192,8 +192,11 @@ class Cell(_Blocks):
     time). `consult`: the policy still sees this cell (its state advances; hooks fire) although
     `mode` fixes the path — e.g. a unit's first step, which has nothing to reuse. `source`: for a
     static reuse, the step whose residual is read (None: the latest one stored at run time).
-    `pin`: the compute path also keeps its residual under a step key, so a reuse rerouted to this
-    step still reads it after a newer step overwrote the unit's latest residual.
+    `pin`: the cell also keeps the residual it applied (computed, or reused) under a step key, so a
+    reuse rerouted to this step still reads it after a newer step overwrote the unit's latest
+    residual, and later generations can read it. `window`: a reuse across generations — the mean of
+    the residuals those generations kept for this same step (the ones the store still has; with
+    none, the cell computes).
     """
 
     optional: ClassVar[tuple[str, ...]] = ("probe",)
@@ -206,10 +209,16 @@ class Cell(_Blocks):
     pin: bool = False
     generation: int = 0
     model: str = DEFAULT_MODEL
+    window: tuple[int, ...] = attrs.field(default=(), converter=tuple)
 
     @property
     def name(self) -> str:
         return f"s{self.step}.{self.branch}.u{self.unit}"
+
+    @property
+    def window_keys(self) -> list[tuple]:
+        """The step keys a cross-generation reuse reads, one per generation of its window."""
+        return [residual_key(self.model, g, self.branch, self.unit, self.step) for g in self.window]
 
     @property
     def key(self) -> tuple:
@@ -232,6 +241,8 @@ class Cell(_Blocks):
             out += " pin"
         if self.mode == REUSE_MODE and self.source is not None:
             out += f" source=s{self.source}"
+        if self.window:
+            out += f" window={list(self.window)}"
         return out + _model_suffix(self.model)
 
     def region(self, graph: Graph) -> list[str]:
@@ -239,9 +250,14 @@ class Cell(_Blocks):
         if self.mode != REUSE_MODE:
             save = f"save {self.key!r}" + (f", {self.pin_key!r}" if self.pin else "")
             lines.append(f"compute: run blocks {self.blocks[0]}:{self.blocks[1]}; {save}")
-        if self.mode != COMPUTE:
+        if self.window:
+            keys = ", ".join(repr(k) for k in self.window_keys)
+            keep = f"; save {self.pin_key!r}" if self.pin else ""
+            lines.append(f"reuse: hidden + mean of the found of load {keys}; none found: run the blocks{keep}")
+        elif self.mode != COMPUTE:
             saved = "the latest" if self.source is None else f"saved at s{self.source}"
-            lines.append(f"reuse: hidden + load {graph.read_key(self)!r} ({saved}); on a miss run the blocks")
+            keep = f"; save {self.pin_key!r}" if self.pin and self.mode == REUSE_MODE else ""
+            lines.append(f"reuse: hidden + load {graph.read_key(self)!r} ({saved}); on a miss run the blocks{keep}")
         return lines
 
     def check(self, graph: Graph) -> str | None:
@@ -249,6 +265,12 @@ class Cell(_Blocks):
             return f"mode {self.mode!r} is not one of {CELL_MODES}"
         if self.source is not None and self.mode != REUSE_MODE:
             return f"source=s{self.source} on a cell in mode {self.mode} (only a reuse reads a source)"
+        if self.window:
+            if self.mode != REUSE_MODE or self.source is not None:
+                return f"window={list(self.window)} on a cell in mode {self.mode} (a window is read by a reuse)"
+            if self.generation in self.window:
+                return f"window={list(self.window)} holds the cell's own generation {self.generation}"
+            return None
         if self.mode == COMPUTE:
             return None
         earlier = graph.previous_cell(self)
@@ -285,7 +307,9 @@ class Prefetch(Node):
 
     @property
     def name(self) -> str:
-        return f"s{self.step}.{self.branch}.u{self.unit}.prefetch"
+        # a window read stages one key per generation: a step key of the reader's own step
+        window = len(self.key) == 5 and self.key[4] == self.step
+        return f"s{self.step}.{self.branch}.u{self.unit}.prefetch" + (f".g{self.key[1]}" if window else "")
 
     def params(self) -> str:
         return f"key={self.key!r} at=s{self.issue[0]}.{self.issue[1]}.u{self.issue[2]}"
@@ -301,8 +325,8 @@ class Prefetch(Node):
         reader = readers[0]
         if reader.mode == COMPUTE:
             return f"prefetches for %{reader.name}, which always computes (it reads nothing)"
-        if self.key != graph.read_key(reader):
-            return f"key {self.key!r} is not the key %{reader.name} reads ({graph.read_key(reader)!r})"
+        if self.key not in graph.read_keys(reader):
+            return f"key {self.key!r} is not a key %{reader.name} reads ({graph.read_keys(reader)!r})"
         if self.order_key() >= reader.order_key():
             return f"issued at s{self.issue[0]}.{self.issue[1]}.u{self.issue[2]}, not before its read"
         writer = graph.latest_writer(reader, key=self.key)

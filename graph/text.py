@@ -57,6 +57,8 @@ def cell_states(graph: Graph) -> dict[tuple[int, str, int], str]:
 def cell_state(node: Node) -> str:
     if not isinstance(node, Cell) or node.mode == COMPUTE:
         return "C"
+    if node.window:
+        return "R"
     return "?" if node.mode == DECIDE else "S"
 
 

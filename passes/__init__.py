@@ -6,20 +6,21 @@ package loads neither torch nor diffusers.
 
 from edit.passes.apply_policy import apply_policy
 from edit.passes.base import PASSES, Pass, PassRecord, Pipeline, bound, pass_text, register_pass
-from edit.passes.builtin import (ApplyPolicy, Dce, FoldStatic, Regroup, SchedulePrefetch, SetCells,
+from edit.passes.builtin import (ApplyPolicy, Dce, FoldStatic, Regroup, SchedulePrefetch, SetCells, WarmStart,
                                  default_pipeline)
 from edit.passes.dce import dce
 from edit.passes.edit import (cells_from_units, insert_prefetch, remove_prefetch, replace_all_uses_with,
-                              reroute_reuse, select_cells, set_cells)
+                              reroute_reuse, select_cells, set_cells, set_window)
 from edit.passes.fold import fold_static, skip_schedule
 from edit.passes.policy import (REGISTRY, CacheContext, CachePolicy, PolicyState, check_threshold, make_policy,
                                 policy_class, register_policy, relative_l1)
-from edit.passes.prefetch import prefetch_lead, schedule_prefetch
+from edit.passes.prefetch import cost_lead, prefetch_lead, schedule_prefetch
+from edit.passes.warm_start import check_warm_steps, warm_start
 from edit.passes.regroup import regroup
 
 __all__ = ["PASSES", "REGISTRY", "ApplyPolicy", "CacheContext", "CachePolicy", "Dce", "FoldStatic", "Pass",
-           "PassRecord", "Pipeline", "PolicyState", "Regroup", "SchedulePrefetch", "SetCells", "apply_policy", "bound",
-           "cells_from_units", "check_threshold", "dce", "default_pipeline", "fold_static", "insert_prefetch",
+           "PassRecord", "Pipeline", "PolicyState", "Regroup", "SchedulePrefetch", "SetCells", "WarmStart", "apply_policy", "bound",
+           "cells_from_units", "check_threshold", "check_warm_steps", "cost_lead", "dce", "default_pipeline", "fold_static", "insert_prefetch",
            "make_policy", "pass_text", "policy_class", "prefetch_lead", "register_pass", "register_policy", "regroup",
            "relative_l1", "remove_prefetch", "replace_all_uses_with", "reroute_reuse", "schedule_prefetch",
-           "select_cells", "set_cells", "skip_schedule"]
+           "select_cells", "set_cells", "set_window", "skip_schedule", "warm_start"]

@@ -15,6 +15,7 @@ from edit.passes.edit import set_cells
 from edit.passes.fold import Decisions, FoldStatic
 from edit.passes.prefetch import SchedulePrefetch
 from edit.passes.regroup import Regroup
+from edit.passes.warm_start import WarmStart
 
 
 def _opt_tuple(value: Any) -> tuple | None:
@@ -46,23 +47,31 @@ class SetCells(Pass):
 
 
 def default_pipeline(*, granularity: str | int = "stack", policy: Any = None, fold: bool = True,
-                     decisions: Decisions | None = None, passes: Iterable[Any] = (), prefetch: int | None = None,
-                     speculative: bool = True) -> Pipeline:
+                     decisions: Decisions | None = None, passes: Iterable[Any] = (),
+                     prefetch: int | dict[str, Any] | None = None, window: Iterable[int] = (),
+                     warm_steps: int | None = None) -> Pipeline:
     """The one place the pass list is built, for every entry point (`__call__`, `compile`,
-    `apply_cache_on_transformer`): regroup -> apply_policy -> fold_static (when `fold`) -> the
-    user's `passes` -> schedule_prefetch (with a `prefetch` lead) -> dce. Without a policy: the
-    plain plan at `granularity`."""
+    `apply_cache_on_transformer`): regroup -> apply_policy -> fold_static (when `fold`) ->
+    warm_start (a policy with `warm_steps`, reading the reuse `window`) -> the user's `passes` ->
+    schedule_prefetch (`prefetch`: a lead in cells, or the cost model's figures as a dict) -> dce.
+    Without a policy: the plain plan at `granularity`."""
     if policy is None:
         return Pipeline([Regroup(granularity)] if granularity != "stack" else [])
     chain: list[Any] = [Regroup(granularity), ApplyPolicy(policy)]
     if fold:
         chain.append(FoldStatic(decisions))
+    warm = getattr(policy, "warm_steps", 0) if warm_steps is None else warm_steps
+    if warm:
+        chain.append(WarmStart(tuple(window), warm))
     chain += list(passes)
-    if prefetch is not None:
-        chain.append(SchedulePrefetch(prefetch, speculative))
+    if isinstance(prefetch, dict):
+        chain.append(SchedulePrefetch(**prefetch))
+    elif prefetch is not None:
+        chain.append(SchedulePrefetch(prefetch))
     chain.append(Dce())
     return Pipeline(chain)
 
 
-__all__ = ["ApplyPolicy", "Dce", "FoldStatic", "Regroup", "SchedulePrefetch", "SetCells", "default_pipeline"]
+__all__ = ["ApplyPolicy", "Dce", "FoldStatic", "Regroup", "SchedulePrefetch", "SetCells", "WarmStart",
+           "default_pipeline"]
 

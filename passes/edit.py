@@ -109,13 +109,15 @@ def set_cells(graph: Graph, mode: str | Mapping[Any, str], *, steps: Iterable[in
         if mode == DECIDE:
             keep_consult = False if target == DECIDE else keep_consult
         source = None
+        if target == REUSE_MODE and cell.window:
+            continue  # already a reuse (across generations)
         if target == REUSE_MODE:  # earlier steps are final already (cells go in step order)
             writer = new.latest_writer(cell)
             if writer is None:
                 raise GraphError(f"%{cell.name}: cannot reuse: no earlier step of ({cell.branch}, u{cell.unit}) "
                                  "stores a residual")
             source = writer.step if writer.mode == COMPUTE else None
-        edited = attrs.evolve(cell, mode=target, consult=keep_consult, source=source)
+        edited = attrs.evolve(cell, mode=target, consult=keep_consult, source=source, window=())
         if edited != cell:
             new.replace_node(cell, edited)
         groups.add((cell.model, cell.generation, cell.branch, cell.unit))
@@ -128,7 +130,7 @@ def set_cells(graph: Graph, mode: str | Mapping[Any, str], *, steps: Iterable[in
 def _repoint_reuses(graph: Graph, group: tuple) -> None:
     """Give every reuse of a unit a valid source: kept when still valid, else its latest writer."""
     for cell in graph.cells(group):
-        if cell.mode != REUSE_MODE:
+        if cell.mode != REUSE_MODE or cell.window:
             continue
         if cell.source is not None and cell.check(graph) is None:
             continue
@@ -151,6 +153,30 @@ def _check_prefetches(graph: Graph, groups: set) -> None:
         if reader is not None and (reader.model, reader.generation, reader.branch, reader.unit) in groups:
             if prefetch.check(graph) is not None:
                 graph.remove_node(prefetch)
+
+
+def set_window(graph: Graph, window: Iterable[int], *, steps: Iterable[int] | None = None,
+               branches: Iterable[str] | None = None, units: Iterable[int] | None = None) -> Graph:
+    """Cross-generation reuse: the selected cells reuse the mean of the residuals that the
+    generations in `window` kept for the same step (the cell computes when the store has none of
+    them), and keep what they apply under their own step key for later generations (`pin`). With
+    an empty window the cells only keep their residual (as the first segment does)."""
+    window = tuple(sorted({int(g) for g in window}))
+    new = graph.copy() if graph.nodes(Cell) else cells_from_units(graph)
+    own = new.spec.generation if new.spec is not None else 0
+    if own in window:
+        raise ValueError(f"window: {list(window)} holds the graph's own generation {own}")
+    groups = set()
+    for cell in select_cells(new, steps=steps, branches=branches, units=units):
+        edited = (attrs.evolve(cell, mode=REUSE_MODE, window=window, source=None, pin=True) if window
+                  else attrs.evolve(cell, pin=True))
+        if edited != cell:
+            new.replace_node(cell, edited)
+        groups.add((cell.model, cell.generation, cell.branch, cell.unit))
+    for group in groups:
+        _repoint_reuses(new, group)
+    _check_prefetches(new, groups)
+    return new
 
 
 def reroute_reuse(graph: Graph, cell: Cell | tuple, source: int) -> Graph:
@@ -191,27 +217,31 @@ def insert_prefetch(graph: Graph, cell: Cell | tuple | Mapping, issue: tuple | N
         if at is None or len(tuple(at)) != 3:
             raise ValueError(f"issue: expected a (step, branch, unit) cell to issue %{reader.name}'s prefetch at, "
                              f"got {at!r}")
-        old = new.get(f"{reader.name}.prefetch")
-        if old is not None:
-            new.remove_node(old)
-        prefetch = new.add_node(Prefetch(reader.step, reader.branch, reader.unit, new.read_key(reader), tuple(at)))
-        new.add_edge(prefetch, reader, kind=PREFETCH)
-        problem = prefetch.check(new)
-        if problem:
-            raise GraphError(f"%{prefetch.name}: {problem}")
+        for key in new.read_keys(reader):  # one prefetch per key read (a window reads several)
+            prefetch = Prefetch(reader.step, reader.branch, reader.unit, key, tuple(at))
+            old = new.get(prefetch.name)
+            if old is not None:
+                new.remove_node(old)
+            new.add_node(prefetch)
+            new.add_edge(prefetch, reader, kind=PREFETCH)
+            problem = prefetch.check(new)
+            if problem:
+                raise GraphError(f"%{prefetch.name}: {problem}")
     return new
 
 
 def remove_prefetch(graph: Graph, prefetch: Prefetch | Cell | tuple) -> Graph:
-    """Drop a prefetch (given itself, or the cell whose read it stages)."""
+    """Drop a prefetch (given itself), or every prefetch of the cell whose read they stage."""
     new = graph.copy()
-    if not isinstance(prefetch, Prefetch):
+    if isinstance(prefetch, Prefetch):
+        found = [prefetch]
+    else:
         reader = _cell(new, prefetch)
         found = new.find(Prefetch, step=reader.step, branch=reader.branch, unit=reader.unit)
         if not found:
             raise ValueError(f"prefetch: %{reader.name} has no prefetch")
-        prefetch = found[0]
-    new.remove_node(prefetch)
+    for node in found:
+        new.remove_node(node)
     return new
 
 

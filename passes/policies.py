@@ -103,6 +103,22 @@ class TeaCache(CachePolicy):
         return f"teacache(rel_l1_thresh={self.rel_l1_thresh}, {self.wan_variant}, use_ret_steps={self.use_ret_steps})"
 
 
+@register_policy("warmstart_reuse")
+class WarmstartReuse(TeaCache):
+    """Long videos, segment by segment: the first `warm_steps` steps of a segment reuse the mean of
+    the residuals that the segments of the reuse window kept for those steps (`warm_start` pass);
+    TeaCache (every `teacache` argument) for the rest of the run."""
+
+    def __init__(self, *, warm_steps: int = 2, **teacache_kwargs):
+        from edit.passes.warm_start import check_warm_steps
+
+        self.warm_steps = check_warm_steps(warm_steps)
+        super().__init__(**teacache_kwargs)
+
+    def describe(self) -> str:
+        return f"warmstart_reuse(warm_steps={self.warm_steps}, {super().describe()})"
+
+
 @register_policy("fbcache")
 class FirstBlockCache(CachePolicy):
     """First-Block-Cache: block 0 always runs; reuse the rest while its residual changes by less

@@ -35,12 +35,39 @@ def _check_lead(lead: int) -> int:
     return lead
 
 
-def schedule_prefetch(graph: Graph, lead: int = 1, *, speculative: bool = True) -> Graph:
-    """Insert one `Prefetch` per reading cell, `lead` cells ahead (see the module docstring).
+def _check_positive(name: str, value: object) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
+        raise ValueError(f"{name}: expected None or a number > 0, got {value!r}")
 
-    Returns the same graph when no cell reads, or every reading cell already has its prefetch.
+
+def cost_lead(reads: int, *, residual_bytes: int | None, bandwidth: float | None, latency: float = 0.0,
+              unit_seconds: float | None) -> int:
+    """Cells of lead that hide `reads` transfers of one residual from the slowest tier: the transfer
+    time (latency + bytes / bandwidth each, one after another) over one cell's compute time. 1 when
+    a figure is unknown (no earlier run to time a cell by)."""
+    if residual_bytes is None or bandwidth is None or unit_seconds is None:
+        return 1
+    seconds = reads * (latency + residual_bytes / bandwidth)
+    return max(1, math.ceil(seconds / unit_seconds))
+
+
+def schedule_prefetch(graph: Graph, lead: int | None = None, *, speculative: bool | None = None,
+                      residual_bytes: int | None = None, bandwidth: float | None = None, latency: float = 0.0,
+                      unit_seconds: float | None = None) -> Graph:
+    """Insert a `Prefetch` for every key each reading cell reads, ahead of it (see the module docstring).
+
+    `lead` fixes the lead in cells; otherwise the cost model sets it per read (`cost_lead`: one
+    residual of `residual_bytes` over `bandwidth` bytes/s plus `latency` per read, against
+    `unit_seconds` of compute per cell). Reads that certainly happen (static and cross-generation
+    reuses) are always staged; reads of run-time decisions only when `speculative` (default: with
+    an explicit lead, yes; with the cost model, no — a speculative read for a cell that then
+    computes is wasted I/O). Returns the same graph when nothing is to be staged.
     """
-    lead = _check_lead(lead)
+    if lead is not None:
+        _check_lead(lead)
+    for name, value in (("residual_bytes", residual_bytes), ("bandwidth", bandwidth), ("unit_seconds", unit_seconds)):
+        _check_positive(name, value)
+    speculative = (lead is not None) if speculative is None else speculative
     clock = [(n.step, n.branch, n.unit) for n in graph.nodes((Unit, Cell))]
     index = {cell: i for i, cell in enumerate(clock)}
     staged = {(p.step, p.branch, p.unit) for p in graph.nodes(Prefetch)}
@@ -49,23 +76,34 @@ def schedule_prefetch(graph: Graph, lead: int = 1, *, speculative: bool = True) 
         if cell.mode == COMPUTE or (cell.mode == DECIDE and not speculative) or cell.cell in staged:
             continue
         here = index[cell.cell]
-        writer = graph.latest_writer(cell, key=graph.read_key(cell))
-        earliest = index[writer.cell] + 1 if writer is not None else 0  # another generation's key: any time
-        placements[cell.cell] = clock[max(here - lead, earliest)]
+        keys = graph.read_keys(cell)
+        ahead = lead if lead is not None else cost_lead(len(keys), residual_bytes=residual_bytes,
+                                                        bandwidth=bandwidth, latency=latency,
+                                                        unit_seconds=unit_seconds)
+        writers = [graph.latest_writer(cell, key=key) for key in keys]
+        earliest = max((index[w.cell] + 1 for w in writers if w is not None), default=0)  # else: any time
+        placements[cell.cell] = clock[max(here - ahead, min(earliest, here))]
     return insert_prefetch(graph, placements) if placements else graph
 
 
 @register_pass
 @attrs.frozen
 class SchedulePrefetch(Pass):
-    """`schedule_prefetch(lead=k)` as a pipeline pass."""
+    """`schedule_prefetch(lead=k)` or, with the cost model, `schedule_prefetch(residual_bytes=...,
+    bandwidth=..., latency=..., unit_seconds=...)` as a pipeline pass."""
 
     name = "schedule_prefetch"
-    lead: int = attrs.field(default=1, metadata={"always": True})
-    speculative: bool = True
+    lead: int | None = None
+    speculative: bool | None = None
+    residual_bytes: int | None = None
+    bandwidth: float | None = None
+    latency: float = 0.0
+    unit_seconds: float | None = None
 
     def __attrs_post_init__(self) -> None:
-        _check_lead(self.lead)
+        if self.lead is not None:
+            _check_lead(self.lead)
 
     def run(self, graph: Graph) -> Graph:
-        return schedule_prefetch(graph, self.lead, speculative=self.speculative)
+        return schedule_prefetch(graph, self.lead, speculative=self.speculative, residual_bytes=self.residual_bytes,
+                                 bandwidth=self.bandwidth, latency=self.latency, unit_seconds=self.unit_seconds)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import time
+
 import attrs
 import torch
 
@@ -35,6 +37,11 @@ class CacheStats:
     def __init__(self, store: Any = None) -> None:
         self.computed = 0
         self.skipped = 0
+        self.gets = 0  # residual reads asked of the store
+        self.get_seconds = 0.0  # time the run was blocked reading residuals (the stall prefetch hides)
+        self.seconds = 0.0  # wall time of the run (set at its end)
+        self._started = time.perf_counter()
+        self._store_at_start = _store_snapshot(store) if store is not None else None
         self.recomputed = 0  # reuse paths whose residual was missing from the store
         self.recomputed_cells: list[tuple[int, str, int]] = []  # their (step, branch, unit)
         self.rows: dict[tuple[str, int], list[str]] = {}
@@ -46,9 +53,29 @@ class CacheStats:
         """The store's stats (`store.stats.as_dict()`): live during the run, as of its end afterwards."""
         return self._store if self._source is None else _store_snapshot(self._source)
 
+    def resume(self, store: Any) -> None:
+        """Count on in another run (its store stats live again; the run clock restarts)."""
+        self._source, self._started = store, time.perf_counter()
+
     def freeze_store(self) -> None:
         if self._source is not None:
             self._store, self._source = _store_snapshot(self._source), None
+        self.seconds = time.perf_counter() - self._started
+
+    @property
+    def unit_seconds(self) -> float | None:
+        """Wall time per computed unit over the run (embedding and head included): the cost
+        model's estimate of how much compute one cell of lead hides."""
+        return self.seconds / self.computed if self.computed and self.seconds else None
+
+    @property
+    def store_delta(self) -> dict[str, Any] | None:
+        """The store's counters accrued during this run (segment): prefetches, prefetch hits, late
+        waits and their wait time, hits, misses, and per tier the bytes moved in."""
+        now, then = self.store, self._store_at_start
+        if not isinstance(now, dict) or not isinstance(then, dict):
+            return None
+        return _delta(now, then)
 
     def record(self, branch: str, unit: int, computed: bool) -> None:
         self.rows.setdefault((branch, unit), []).append("C" if computed else "S")
@@ -88,6 +115,8 @@ class CacheStats:
 
     def as_dict(self) -> dict[str, Any]:
         return {"computed": self.computed, "skipped": self.skipped, "recomputed": self.recomputed,
+                "gets": self.gets, "get_seconds": self.get_seconds, "seconds": self.seconds,
+                "store_delta": self.store_delta,
                 "skip_ratio": self.skip_ratio, "steps_skipped": self.steps_skipped,
                 "trace": {f"{b}:{u}": t for (b, u), t in self.trace.items()}, "store": self.store}
 
@@ -102,6 +131,18 @@ class CacheStats:
         elif self.store is not None:  # a custom store whose stats are not a StoreStats/TieredStats
             lines.append(f"store: {self.store!r}")
         return "\n".join(lines)
+
+
+def _delta(now: dict[str, Any], then: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in now.items():
+        old = then.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and isinstance(old, (int, float)):
+            out[key] = value - old
+        elif key == "tiers" and isinstance(value, list) and isinstance(old, list) and len(old) == len(value):
+            out[key] = [{k: (v - o[k] if isinstance(v, (int, float)) and k not in ("budget", "nbytes", "entries")
+                             else v) for k, v in t.items()} for t, o in zip(value, old)]
+    return out
 
 
 def _store_snapshot(store: Any) -> Any:
@@ -134,6 +175,10 @@ class CacheController:
         self.policy = policy
         self.store = store
         self.generation = 0
+        self.reuse_window: tuple[int, ...] = ()
+        self._generation_set = False
+        self.last_unit_seconds: float | None = None  # from the previous run: the prefetch cost model's clock
+        self.transfer: dict[str, float] | None = None  # the store's measured (or given) slow-tier costs
         self.stats = CacheStats(self.store)
         self.states: dict[tuple[str, int], PolicyState] = {}
         self.hooks: dict[str, list[Callable[[UnitEvent], Any]]] = {e: [] for e in HOOK_EVENTS}
@@ -160,10 +205,29 @@ class CacheController:
         return tuple(id(fn) for fn in self.hooks["after_decision"])
 
     def set_generation(self, generation: int) -> None:
-        """Residuals of later runs are keyed by this generation id."""
+        """Residuals of later runs are keyed by this generation id (a segment of a long video)."""
         if isinstance(generation, bool) or not isinstance(generation, int) or generation < 0:
             raise ValueError(f"generation: expected an int >= 0, got {generation!r}")
         self.generation = generation
+        self._generation_set = True
+        self.reuse_window = tuple(g for g in self.reuse_window if g < generation)
+
+    def set_reuse_window(self, generations: Any) -> None:
+        """The earlier generations whose kept residuals the warm steps of the next runs reuse
+        (`warmstart_reuse`); each must be older than the current generation."""
+        if not self._generation_set:
+            raise ValueError("set_reuse_window: set the current generation first (pipe.cache.set_generation(g))")
+        try:
+            window = tuple(sorted({g for g in generations}))
+        except TypeError:
+            raise TypeError(f"generations: expected an iterable of generation ids, got {type(generations).__name__}") from None
+        for g in window:
+            if isinstance(g, bool) or not isinstance(g, int) or g < 0:
+                raise ValueError(f"generations: expected ints >= 0, got {g!r}")
+            if g >= self.generation:
+                raise ValueError(f"generations: the window {list(window)} holds generation {g}, not older than the "
+                                 f"current generation {self.generation} (a segment reuses earlier segments only)")
+        self.reuse_window = window
 
     def reset(self, clear_store: bool = False) -> None:
         """Forget policy states and stats; with `clear_store`, drop every stored residual."""
@@ -173,13 +237,20 @@ class CacheController:
             self.store.clear()
 
     # -- runtime side -------------------------------------------------------------------------
-    def begin_run(self, num_steps: int, num_units: int) -> None:
-        self.states.clear()
-        self.stats = CacheStats(self.store)
+    def begin_run(self, num_steps: int, num_units: int, reset: bool = True) -> None:
+        """Start a run: with `reset` (the default), fresh policy states and stats; without, both go
+        on from the previous run (after a `reset()` of your own, as a segment loop does)."""
+        if reset:
+            self.states.clear()
+            self.stats = CacheStats(self.store)
+        else:
+            self.stats.resume(self.store)
         self.num_steps, self.num_units = num_steps, num_units
 
     def end_run(self) -> None:
         self.stats.freeze_store()
+        if self.stats.unit_seconds is not None:
+            self.last_unit_seconds = self.stats.unit_seconds
 
     def state(self, branch: str, unit: int, states: dict | None = None) -> PolicyState:
         states = self.states if states is None else states

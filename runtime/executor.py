@@ -61,7 +61,7 @@ class Instr:
 class Program:
     """A compiled plan: instructions in execution order over `num_slots` value slots.
 
-    `read_keys` maps each cell to the store key its reuse path reads; `num_units` is the number of
+    `read_keys` maps each cell to the store keys its reuse path reads; `num_units` is the number of
     units of one forward (what a policy's context reports).
     """
 
@@ -166,7 +166,7 @@ def _compile(graph: Graph, check: bool) -> Program:
         context = (node.step, branch) if branch is not None else None
         instrs.append(Instr(node, kernel_for(node), args, slot_of[node], tuple(sorted(frees.get(pos, ()))), context))
         if isinstance(node, Cell):
-            read_keys[node] = graph.read_key(node)
+            read_keys[node] = graph.read_keys(node)
         if isinstance(node, (Unit, Cell)):
             key = (node.step, branch)
             units_per_forward[key] = units_per_forward.get(key, 0) + 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import attrs
 import torch
 
@@ -68,6 +70,24 @@ def run_prefetch(state: RunState, node: Prefetch) -> None:
         prefetch(node.key)
 
 
+def _load(cache, keys: list[tuple], hidden: torch.Tensor) -> torch.Tensor | None:
+    """The residual to add: the one stored under the key, or the mean of those a window's keys
+    still hold; None when there is none. Time blocked here is the stall a prefetch hides."""
+    start = time.perf_counter()
+    found = []
+    for key in keys:
+        value = cache.store.get(key)
+        if value is not None and value.shape == hidden.shape:
+            found.append(value.to(hidden.device))
+    cache.stats.get_seconds += time.perf_counter() - start
+    cache.stats.gets += len(keys)
+    if not found:
+        return None
+    if len(keys) == 1:
+        return found[0]
+    return torch.stack(found).mean(dim=0)
+
+
 @register_kernel(Cell)
 def run_cell(state: RunState, node: Cell, hidden: torch.Tensor, ctx, probe: torch.Tensor | None = None):
     """The cell region: decide (or take the static path), then compute + save, or load + add
@@ -93,16 +113,23 @@ def run_cell(state: RunState, node: Cell, hidden: torch.Tensor, ctx, probe: torc
         if node.pin:
             store.put(node.pin_key, residual)
     else:
-        key = state.read_keys.get(node, node.key)
-        residual = store.get(key)
-        if residual is None or residual.shape != hidden.shape:
-            # a miss (evicted, corrupted, another shape): recompute, so the unit is still exact
+        keys = state.read_keys.get(node) or [node.key]
+        residual = _load(cache, keys, hidden)
+        if residual is None:
+            # a miss (evicted, corrupted, another shape; nothing kept by the window): recompute, so
+            # the unit is still exact
             out = adapter.run_blocks(node.blocks[0], node.blocks[1], hidden, ctx)
-            store.put(key, out - hidden)
+            residual = out - hidden
+            if not node.window:
+                store.put(keys[0], residual)
             cache.stats.recomputed += 1
             cache.stats.recomputed_cells.append(node.cell)
         else:
-            out = hidden + residual.to(hidden.device)
+            out = hidden + residual
+        if node.window:  # what was applied is this unit's residual now, for the steps that reuse it
+            store.put(node.key, residual)
+        if node.pin:  # kept for a later read of this step (a reroute, or a later generation)
+            store.put(node.pin_key, residual)
         del residual
     cache.stats.record(node.branch, node.unit, compute)
     if hooks["after_unit"]:

@@ -88,7 +88,7 @@ def test_lead_and_bad_input():
         prefetch_lead(1, 0, 1.0)
     with pytest.raises(ValueError, match="lead: expected an int >= 1"):
         schedule_prefetch(static_plan(), lead=0)
-    with pytest.raises(ValueError, match="prefetch: expected None or an int >= 1"):
+    with pytest.raises(ValueError, match="prefetch: expected .auto., None, a dict of tier costs or an int >= 1"):
         EditWanPipeline(**components()).enable_cache("fbcache", prefetch=0)
 
 

@@ -192,6 +192,9 @@ class DiskStore(SingleTierStore):
             loaded = pending.future.result() if pending is not None else self._load(record, stage=False)
         except CancelledError:  # close() cancelled the prefetch before it ran
             loaded = self._load(record, stage=False)
+        if pending is not None:
+            with self._lock:
+                self._counters.late_wait_seconds += time.perf_counter() - start
         with self._lock:
             if loaded is None:
                 self._counters.misses += 1

@@ -13,7 +13,8 @@ class StoreStats:
 
     ``rejected`` counts puts that were not stored (too large, allocation or write failure);
     ``errors`` counts I/O failures (failed writes, unreadable or corrupted files);
-    ``transfer_seconds`` is host wall time spent copying bytes in or out of the store.
+    ``transfer_seconds`` is host wall time spent copying bytes in or out of the store;
+    ``late_wait_seconds`` the time `get` waited for prefetches still in flight.
     """
 
     entries: int = 0
@@ -28,6 +29,7 @@ class StoreStats:
     prefetches: int = 0
     prefetch_hits: int = 0
     late_waits: int = 0
+    late_wait_seconds: float = 0.0
     transfer_seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -67,6 +69,7 @@ class TierStats:
     evictions: int
     promotions: int
     lost: int
+    bytes_in: int = 0
 
 
 @attrs.frozen
@@ -86,6 +89,7 @@ class TieredStats:
     prefetches: int
     prefetch_hits: int
     late_waits: int
+    late_wait_seconds: float
     move_seconds: float
 
     def as_dict(self) -> dict[str, Any]:

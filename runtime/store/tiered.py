@@ -35,6 +35,7 @@ class _Tier:
     evictions: int = 0
     promotions: int = 0
     lost: int = 0
+    bytes_in: int = 0  # bytes moved into this tier by spills from above and promotions from below
 
     def fits(self, nbytes: int) -> bool:
         return self.budget is None or nbytes <= self.budget
@@ -68,7 +69,7 @@ class _Tier:
     def snapshot(self) -> TierStats:
         return TierStats(name=self.name, budget=self.budget, nbytes=self.nbytes, entries=len(self.ticks),
                          hits=self.hits, misses=self.misses, spills=self.spills, evictions=self.evictions,
-                         promotions=self.promotions, lost=self.lost)
+                         promotions=self.promotions, lost=self.lost, bytes_in=self.bytes_in)
 
 
 class TieredStore(CacheStore):
@@ -228,7 +229,8 @@ class TieredStore(CacheStore):
                 spills=sum(t.spills for t in tiers), evictions=sum(t.evictions for t in tiers),
                 promotions=sum(t.promotions for t in tiers),
                 prefetches=sum(s.prefetches for s in inner), prefetch_hits=sum(s.prefetch_hits for s in inner),
-                late_waits=sum(s.late_waits for s in inner), move_seconds=self._move_seconds)
+                late_waits=sum(s.late_waits for s in inner),
+                late_wait_seconds=sum(s.late_wait_seconds for s in inner), move_seconds=self._move_seconds)
 
     def __contains__(self, key: object) -> bool:
         with self._lock:
@@ -270,10 +272,13 @@ class TieredStore(CacheStore):
             value = tier.store.peek(key)
             if value is None:
                 tier.lost += 1
-            elif self._place(key, value, nbytes, tick, below) is None:
-                tier.evictions += 1
             else:
-                tier.spills += 1
+                placed = self._place(key, value, nbytes, tick, below)
+                if placed is None:
+                    tier.evictions += 1
+                else:
+                    tier.spills += 1
+                    self._tiers[placed].bytes_in += nbytes
         tier.store.drop(key)
         self._move_seconds += time.perf_counter() - started
 
@@ -289,6 +294,7 @@ class TieredStore(CacheStore):
             return False
         tier.store.drop(key)
         self._tiers[placed].promotions += 1
+        self._tiers[placed].bytes_in += nbytes
         self._rebalance(placed)
         self._move_seconds += time.perf_counter() - started
         return True

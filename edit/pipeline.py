@@ -373,6 +373,27 @@ class EditWanPipeline(WanPipeline):
         else:
             batch_size = prompt_embeds.shape[0]
 
+        # The plan first: its entry prefetches (cross-generation reads of the first cells) then
+        # overlap prompt encoding and latent preparation instead of stalling the first step.
+        cache = self.cache
+        enabled_for = (self._plan_options or {}).get("num_inference_steps")
+        if cache is not None and enabled_for not in (None, num_inference_steps):
+            raise ValueError(f"num_inference_steps: the cache was enabled for {enabled_for} steps, "
+                             f"this call asks for {num_inference_steps}")
+        if cache is not None and getattr(cache.policy, "warm_steps", None) is not None:
+            check_warm_steps(cache.policy.warm_steps, num_inference_steps)
+        shape = tuple(latents.shape) if latents is not None else self._latent_shape(
+            batch_size * (num_videos_per_prompt or 1), num_frames, height, width)
+        timesteps = self._timesteps(num_inference_steps, device)
+        spec = self.run_spec(num_inference_steps, guidance_scale, timesteps)
+        with forward_hooks(self.transformer):
+            program = self._program(spec, plan, timesteps, shape, prefetch=prefetch_reuse)
+        if program.has_cells and cache is None:
+            raise ValueError("plan: it has cache cells; enable a cache (pipe.enable_cache) to run it")
+        if cache is not None and callable(getattr(cache.store, "prefetch", None)):
+            for key in program.entry_keys:
+                cache.store.prefetch(key)
+
         prompt_embeds, negative_prompt_embeds = self.encode_prompt(
             prompt=prompt, negative_prompt=negative_prompt,
             do_classifier_free_guidance=self.do_classifier_free_guidance,
@@ -390,23 +411,13 @@ class EditWanPipeline(WanPipeline):
         self.adapter.check_latents(latents)
         self._num_timesteps = len(timesteps)
         self.scheduler.set_begin_index(0)
-
-        cache = self.cache
-        enabled_for = (self._plan_options or {}).get("num_inference_steps")
-        if cache is not None and enabled_for not in (None, num_inference_steps):
-            raise ValueError(f"num_inference_steps: the cache was enabled for {enabled_for} steps, "
-                             f"this call asks for {num_inference_steps}")
-        if cache is not None and getattr(cache.policy, "warm_steps", None) is not None:
-            check_warm_steps(cache.policy.warm_steps, num_inference_steps)
-        spec = self.run_spec(num_inference_steps, guidance_scale, timesteps)
+        if tuple(latents.shape) != shape:  # (not expected: the shape is the one prepare_latents makes)
+            program = self._program(spec, plan, timesteps, tuple(latents.shape), prefetch=prefetch_reuse)
         inputs = {"latents": latents, "text.cond": prompt_embeds}
         if self.do_classifier_free_guidance:
             inputs["text.uncond"] = negative_prompt_embeds
 
         with forward_hooks(self.transformer):  # offloading hooks: the run stands in for its forwards
-            program = self._program(spec, plan, timesteps, tuple(latents.shape), prefetch=prefetch_reuse)
-            if program.has_cells and cache is None:
-                raise ValueError("plan: it has cache cells; enable a cache (pipe.enable_cache) to run it")
             if cache is not None:
                 cache.begin_run(len(timesteps), program.num_units, reset=reset_cache)
             with self.progress_bar(total=num_inference_steps) as progress_bar, self._lora_scale(attention_kwargs):

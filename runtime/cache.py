@@ -139,7 +139,8 @@ def _delta(now: dict[str, Any], then: dict[str, Any]) -> dict[str, Any]:
         old = then.get(key)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and isinstance(old, (int, float)):
             out[key] = value - old
-        elif key == "tiers" and isinstance(value, list) and isinstance(old, list) and len(old) == len(value):
+        elif key == "tiers" and isinstance(value, (list, tuple)) and isinstance(old, (list, tuple)) \
+                and len(old) == len(value):
             out[key] = [{k: (v - o[k] if isinstance(v, (int, float)) and k not in ("budget", "nbytes", "entries")
                              else v) for k, v in t.items()} for t, o in zip(value, old)]
     return out

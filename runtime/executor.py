@@ -15,7 +15,7 @@ from typing import Any
 
 import attrs
 
-from edit.graph import Cell, Graph, Input, Node, Output, Unit, Update, verify
+from edit.graph import Cell, Graph, Input, Node, Output, Prefetch, Unit, Update, verify
 from edit.graph.text import node_line
 from edit.passes.base import paused_gc
 
@@ -70,8 +70,9 @@ class Program:
     num_slots: int
     input_slots: dict[str, int]
     output_slot: int
-    read_keys: dict[Cell, tuple] = attrs.field(eq=False, repr=False, factory=dict)
+    read_keys: dict[Cell, list] = attrs.field(eq=False, repr=False, factory=dict)
     num_units: int = 0
+    entry_keys: tuple = ()  # keys prefetched at the first cell: the caller may issue them before the run
 
     def __len__(self) -> int:
         return len(self.instrs)
@@ -171,5 +172,7 @@ def _compile(graph: Graph, check: bool) -> Program:
             key = (node.step, branch)
             units_per_forward[key] = units_per_forward.get(key, 0) + 1
     input_slots = {n.value: slot_of[n] for n in order if isinstance(n, Input)}
+    first = next(((n.step, n.branch, n.unit) for n in order if isinstance(n, (Unit, Cell))), None)
+    entry = tuple(n.key for n in order if isinstance(n, Prefetch) and n.issue == first)
     return Program(graph, tuple(instrs), len(order), input_slots, slot_of[outputs[0]], read_keys,
-                   max(units_per_forward.values(), default=0))
+                   max(units_per_forward.values(), default=0), entry)

@@ -19,7 +19,7 @@ def run_example(name: str, args: list[str], capsys) -> str:
 
 def test_every_example_is_tested():
     tested = {"example.py", "wan_t2v_teacache.py", "custom_cache_policy.py", "custom_pass.py", "render_plan.py",
-              "edit_plan_json.py"}
+              "edit_plan_json.py", "long_video.py"}
     assert {p.name for p in EXAMPLES.glob("*.py")} == tested
 
 
@@ -60,3 +60,9 @@ def test_edit_plan_json(tmp_path, capsys):
 @pytest.fixture(autouse=True)
 def _quiet_argv(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["example"])
+
+
+def test_long_video(tmp_path, capsys):
+    out = run_example("long_video.py", ["--segments", "3", "--steps", "6", "--out", str(tmp_path / "long.gif")], capsys)
+    assert "segment 2: window [0, 1]" in out and (tmp_path / "long.gif").stat().st_size > 0
+    assert "wrote" in out and "25 frames from 3 segments" in out

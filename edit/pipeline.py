@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import hashlib
@@ -148,7 +149,9 @@ class EditWanPipeline(WanPipeline):
         if cache is not None and signals is not None and getattr(cache.policy, "static_signal", False):
             decisions = functools.partial(cache.static_decisions, signals=signals)
         pipeline = self.plan_pipeline(decisions, fingerprint=fingerprint, prefetch=prefetch)
-        graph, self.pass_records = pipeline.run(lower(spec))
+        # folding evaluates the time embedding: the transformer's offloading hooks run around it
+        with forward_hooks(self.transformer) if decisions is not None else contextlib.nullcontext():
+            graph, self.pass_records = pipeline.run(lower(spec))
         if not pipeline.debug:
             verify(graph)
         return Plan.from_graph(graph, pipeline=str(pipeline), fingerprint=fingerprint, copy=False)
@@ -172,8 +175,9 @@ class EditWanPipeline(WanPipeline):
             batch_size = 1 if isinstance(prompt, str) else len(prompt)
         shape = self._latent_shape(batch_size * num_videos_per_prompt, num_frames, height, width)
         timesteps = self._timesteps(num_inference_steps, self._execution_device)
+        fingerprint = self._fingerprint(spec, shape)  # as a call takes it: outside the offloading hooks
         with forward_hooks(self.transformer):  # folding evaluates the time embedding
-            return self.build_plan(spec, self._signals(timesteps, shape), self._fingerprint(spec, shape))
+            return self.build_plan(spec, self._signals(timesteps, shape), fingerprint)
 
     def _latent_shape(self, batch: int, num_frames: int, height: int, width: int) -> tuple[int, ...]:
         return (batch, self.transformer.config.in_channels, (num_frames - 1) // self.vae_scale_factor_temporal + 1,
@@ -386,8 +390,7 @@ class EditWanPipeline(WanPipeline):
             batch_size * (num_videos_per_prompt or 1), num_frames, height, width)
         timesteps = self._timesteps(num_inference_steps, device)
         spec = self.run_spec(num_inference_steps, guidance_scale, timesteps)
-        with forward_hooks(self.transformer):
-            program = self._program(spec, plan, timesteps, shape, prefetch=prefetch_reuse)
+        program = self._program(spec, plan, timesteps, shape, prefetch=prefetch_reuse)
         if program.has_cells and cache is None:
             raise ValueError("plan: it has cache cells; enable a cache (pipe.enable_cache) to run it")
         if cache is not None and callable(getattr(cache.store, "prefetch", None)):
@@ -513,24 +516,26 @@ class EditWanPipeline(WanPipeline):
         return scaled()
 
 
-def weights_version(model: torch.nn.Module) -> tuple[int, int, int]:
-    """(id of the model, the sum of its parameters' version counters, where its first weight lives):
-    cheap, and it changes when the weights are replaced in place (`load_state_dict`, `copy_`), moved,
-    or the model is another object."""
-    params = list(model.parameters())
-    return id(model), sum(p._version for p in params), params[0].data_ptr() if params else 0
+def weights_version(model: torch.nn.Module) -> tuple[int, int]:
+    """(id of the model, the sum of its parameters' version counters): cheap, and it changes when
+    the weights are replaced in place (`load_state_dict`, `copy_`) or the model is another object
+    (an offloader moving them between devices changes neither, nor their values)."""
+    return id(model), sum(p._version for p in model.parameters())
 
 
 def weights_digest(model: torch.nn.Module, samples: int = 256) -> str:
     """A content digest of the weights that survives processes (plan files): every tensor's name,
     shape and dtype, and `samples` evenly strided values of it. Cheap (a few hundred values per
-    tensor, not the gigabytes), and any other checkpoint or fine-tune changes it."""
+    tensor, not the gigabytes), and any other checkpoint or fine-tune changes it. Weights an offloader
+    keeps on the meta device outside a forward count by name, shape and dtype only."""
     digest = hashlib.sha1()
     with torch.no_grad():
         for name, tensor in model.state_dict().items():
+            digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+            if tensor.device.type == "meta":  # parked by an offloader outside a forward: no values to read
+                continue
             flat = tensor.detach().reshape(-1)
             picked = flat[:: max(1, flat.numel() // samples)][:samples].to("cpu", torch.float64)
-            digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
             digest.update(picked.numpy().tobytes())
     return digest.hexdigest()[:16]
 

@@ -171,7 +171,7 @@ def _warm_plan():
                    guidance_scale=1.0, generation=2)
     g = apply_policy(regroup(lower(spec), 2), "none")
     g = set_cells(g, {c.cell: "compute" for c in g.find(Cell)} | {(3, "cond", 1): "reuse"}, consult=False)
-    return warm_start(g, (0, 1), 1)
+    return warm_start(g, (0, 1), 2)
 
 
 def test_prefetch_placement_golden_and_its_change_with_bandwidth_and_compute():
@@ -181,9 +181,13 @@ def test_prefetch_placement_golden_and_its_change_with_bandwidth_and_compute():
     slow = schedule_prefetch(_warm_plan(), residual_bytes=4096, bandwidth=4096 / 0.025, unit_seconds=0.01)
     quick_units = schedule_prefetch(_warm_plan(), residual_bytes=4096, bandwidth=4096 / 0.001, unit_seconds=0.0001)
     later = {p.name: p.issue for p in slow.find(Prefetch)}
-    assert issues["s3.cond.u1.prefetch"] == (2, "cond", 1)  # 1 ms of transfer behind 10 ms cells: one cell ahead
-    assert later["s3.cond.u1.prefetch"] == (2, "cond", 0)  # 25 ms: three cells, but never before s2's write
-    assert {p.name: p.issue for p in quick_units.find(Prefetch)} != issues
+    # two window reads of 1 ms behind 10 ms cells: one cell ahead
+    assert issues["s1.cond.u1.prefetch.g0"] == issues["s1.cond.u1.prefetch.g1"] == (1, "cond", 0)
+    # 2 x 25 ms: five cells ahead, but the plan starts two cells before
+    assert later["s1.cond.u1.prefetch.g0"] == (0, "cond", 0)
+    assert {p.name: p.issue for p in quick_units.find(Prefetch)} == later  # faster cells: the same, earlier
+    # a static reuse is never staged before the step that writes it (s2), whatever the lead
+    assert issues["s3.cond.u1.prefetch"] == later["s3.cond.u1.prefetch"] == (3, "cond", 0)
     assert all(p.key[1] in (0, 1) for p in fast.find(Prefetch) if p.step == 0)
 
 

@@ -266,6 +266,18 @@ def check_request(args: argparse.Namespace, limits, weight_bytes: int, height: i
                        f"more than this machine's {gib(have)}; ask for fewer frames or fewer pixels")
 
 
+def check_model_and_size(args: argparse.Namespace):
+    """The model folder (None for tiny or a hub id), the size, and the model's limits when its configs
+    can be read without the weights (checked against the request here, before loading)."""
+    folder = local_folder(args.model) if args.model != "tiny" else None
+    default = TINY_SIZE if args.model == "tiny" else FULL_SIZE
+    height, width = args.height or default[0], args.width or default[1]
+    known = limits_without_weights(args.model, folder)
+    if known is not None:
+        check_request(args, *known, height, width)
+    return folder, height, width, known
+
+
 # -- the run -----------------------------------------------------------------------------------
 
 def load_pipeline(model: str, folder: Path | None):
@@ -357,12 +369,7 @@ def generate(args: argparse.Namespace) -> int:
     out, plan_path = check_outputs(args)
     render_path = check_drawing(args, "--render", args.render)
     saved_plan = load_plan_file(args.plan_file)
-    folder = local_folder(args.model) if args.model != "tiny" else None
-    default = TINY_SIZE if args.model == "tiny" else FULL_SIZE
-    height, width = args.height or default[0], args.width or default[1]
-    known = limits_without_weights(args.model, folder)
-    if known is not None:
-        check_request(args, *known, height, width)
+    folder, height, width, known = check_model_and_size(args)
 
     start = time.perf_counter()
     pipe = load_pipeline(args.model, folder)
@@ -434,12 +441,7 @@ def plan_command(args: argparse.Namespace) -> int:
             check_target(save_path, "--save")
         except OutputError as err:
             raise CliError(f"{err.flag}: {err}") from None
-    folder = local_folder(args.model) if args.model != "tiny" else None
-    default = TINY_SIZE if args.model == "tiny" else FULL_SIZE
-    height, width = args.height or default[0], args.width or default[1]
-    known = limits_without_weights(args.model, folder)
-    if known is not None:
-        check_request(args, *known, height, width)
+    folder, height, width, known = check_model_and_size(args)
     pipe = load_pipeline(args.model, folder)
     enable_cache(pipe, args)
     start = time.perf_counter()

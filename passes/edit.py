@@ -117,14 +117,22 @@ def set_cells(graph: Graph, mode: str | Mapping[Any, str], *, steps: Iterable[in
                 raise GraphError(f"%{cell.name}: cannot reuse: no earlier step of ({cell.branch}, u{cell.unit}) "
                                  "stores a residual")
             source = writer.step if writer.mode == COMPUTE else None
-        edited = attrs.evolve(cell, mode=target, consult=keep_consult, source=source, window=())
-        if edited != cell:
-            new.replace_node(cell, edited)
-        groups.add((cell.model, cell.generation, cell.branch, cell.unit))
-    for group in groups:
-        _repoint_reuses(new, group)
-    _check_prefetches(new, groups)
+        _swap(new, cell, attrs.evolve(cell, mode=target, consult=keep_consult, source=source, window=()), groups)
+    _settle(new, groups)
     return new
+
+
+def _swap(graph: Graph, cell: Cell, edited: Cell, groups: set) -> None:
+    if edited != cell:
+        graph.replace_node(cell, edited)
+    groups.add((cell.model, cell.generation, cell.branch, cell.unit))
+
+
+def _settle(graph: Graph, groups: set) -> None:
+    """After cells of `groups` changed: re-point their reuses, drop prefetches that no longer fit."""
+    for group in groups:
+        _repoint_reuses(graph, group)
+    _check_prefetches(graph, groups)
 
 
 def _repoint_reuses(graph: Graph, group: tuple) -> None:
@@ -168,14 +176,9 @@ def set_window(graph: Graph, window: Iterable[int], *, steps: Iterable[int] | No
         raise ValueError(f"window: {list(window)} holds the graph's own generation {own}")
     groups = set()
     for cell in select_cells(new, steps=steps, branches=branches, units=units):
-        edited = (attrs.evolve(cell, mode=REUSE_MODE, window=window, source=None, pin=True) if window
-                  else attrs.evolve(cell, pin=True))
-        if edited != cell:
-            new.replace_node(cell, edited)
-        groups.add((cell.model, cell.generation, cell.branch, cell.unit))
-    for group in groups:
-        _repoint_reuses(new, group)
-    _check_prefetches(new, groups)
+        _swap(new, cell, attrs.evolve(cell, mode=REUSE_MODE, window=window, source=None, pin=True) if window
+              else attrs.evolve(cell, pin=True), groups)
+    _settle(new, groups)
     return new
 
 

@@ -197,8 +197,8 @@ class EditWanPipeline(WanPipeline):
         return signals
 
     def _fingerprint(self, spec: RunSpec, shape: tuple, version: tuple | None = None) -> dict[str, Any]:
-        """What a plan is bound to: the model (class, config, a digest of the weights), dtype, sizes,
-        steps, guidance, and the shape of one residual (for `plan.stats()`)."""
+        """What a plan is bound to: the model (class, config, a digest of the weights), the scheduler
+        (class, config), dtype, sizes, steps, guidance, and the shape of one residual (`plan.stats()`)."""
         model = self.transformer
         version = weights_version(model) if version is None else version
         if getattr(self, "_digest", (None,))[0] != version:
@@ -207,6 +207,7 @@ class EditWanPipeline(WanPipeline):
         p_t, p_h, p_w = config.patch_size
         tokens = shape[2] // p_t * (shape[3] // p_h) * (shape[4] // p_w)
         return {"model": f"{type(model).__name__}:{_config_digest(model)}", "weights": self._digest[1],
+                "scheduler": f"{type(self.scheduler).__name__}:{_config_digest(self.scheduler)}",
                 "dtype": str(model.dtype), "latent_shape": tuple(shape), "num_steps": spec.num_steps,
                 "timesteps": spec.timesteps, "guidance_scale": spec.guidance_scale, "branches": spec.branches,
                 "residual_shape": (shape[0], tokens, config.num_attention_heads * config.attention_head_dim)}
@@ -540,8 +541,8 @@ def weights_digest(model: torch.nn.Module, samples: int = 256) -> str:
     return digest.hexdigest()[:16]
 
 
-def _config_digest(model: torch.nn.Module) -> str:
-    config = dict(getattr(model, "config", {}) or {})
+def _config_digest(component: Any) -> str:
+    config = dict(getattr(component, "config", {}) or {})
     text = json.dumps({k: v for k, v in sorted(config.items()) if not k.startswith("_")}, sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 

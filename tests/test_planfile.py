@@ -119,6 +119,11 @@ def test_a_plan_for_another_model_or_size_is_refused_naming_the_field(tmp_path):
         generate(same, plan=Plan.load(path), num_inference_steps=STEPS, height=64)
     with pytest.raises(PlanFileError, match="no plan file"):
         Plan.load(tmp_path / "missing.json")
+    from diffusers import UniPCMultistepScheduler
+    shifted = fbcache_pipe()
+    shifted.scheduler = UniPCMultistepScheduler.from_config(shifted.scheduler.config, flow_shift=7.0)
+    with pytest.raises(ValueError, match="plan: (scheduler|timesteps)"):
+        generate(shifted, plan=Plan.load(path), num_inference_steps=STEPS)
 
 
 def test_stats_predict_what_the_plan_does():

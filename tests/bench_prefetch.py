@@ -2,8 +2,10 @@
 
 A cached generation (FBCache, per-block units) over a tiered store whose GPU and CPU tiers hold one
 residual each, so nearly every reuse reads its residual from disk. The store's `get` is wrapped to
-measure its wall time (the part of a read the compute waits for); prefetch=None vs prefetch=k,
-alternating, in one process. Prints medians and writes JSON; the outputs must be bit-identical.
+measure its wall time (the part of a read the compute waits for); prefetch=None vs prefetch=k (every
+read, speculative ones too) vs prefetch="auto" (the cost model: certain reads only — none in this
+run-time plan), rotating, in one process. Prints medians and the median paired time ratio against
+no prefetch, and writes JSON; the outputs must be bit-identical.
 
     python tests/bench_prefetch.py [--repeats 5] [--lead 1] [--steps 12] [--out bench_prefetch.json]
 """
@@ -43,7 +45,7 @@ class TimedGets:
             self.calls += 1
 
 
-def run(comps, folder, steps: int, lead: int | None, residual_bytes: int) -> dict:
+def run(comps, folder, steps: int, lead: int | str | None, residual_bytes: int) -> dict:
     store = TieredStore([(GPUStore(), residual_bytes), (CPUStore(), residual_bytes), (DiskStore(folder), None)])
     timer = TimedGets(store)
     pipe = EditWanPipeline(**comps)
@@ -74,13 +76,14 @@ def main() -> None:
 
     comps = tiny_components(0, **MID)
     residual_bytes = 576 * MID["num_attention_heads"] * MID["attention_head_dim"] * 4  # tokens x dim x fp32
-    rows: dict[str, list[dict]] = {"no prefetch": [], f"prefetch={args.lead}": []}
+    settings = {"no prefetch": None, f"prefetch={args.lead}": args.lead, "prefetch=auto": "auto"}
+    rows: dict[str, list[dict]] = {name: [] for name in settings}
+    names = list(settings)
     with tempfile.TemporaryDirectory() as folder:
         run(comps, folder, args.steps, None, residual_bytes)  # warm-up
         for i in range(args.repeats):
-            for name in (list(rows) if i % 2 == 0 else list(rows)[::-1]):
-                rows[name].append(run(comps, folder, args.steps, None if name == "no prefetch" else args.lead,
-                                      residual_bytes))
+            for name in names[i % len(names):] + names[:i % len(names)]:  # rotate who goes first
+                rows[name].append(run(comps, folder, args.steps, settings[name], residual_bytes))
     outs = [r.pop("out") for v in rows.values() for r in v]
     identical = all(torch.equal(outs[0], o) for o in outs)
     summary = {name: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for name, runs in rows.items()}
@@ -92,11 +95,15 @@ def main() -> None:
     for name, m in summary.items():
         print(f"{name:<14}{m['total_s']:>9.3f}{m['get_ms']:>9.2f}{m['gets']:>6.0f}{m['disk_hits']:>10.0f}"
               f"{m['prefetches']:>11.0f}{m['prefetch_hits']:>8.0f}{m['late_waits']:>6.0f}")
+    paired = {name: statistics.median(r["total_s"] / b["total_s"] for r, b in zip(runs, rows["no prefetch"]))
+              for name, runs in rows.items() if name != "no prefetch"}
+    print("median paired time ratio against no prefetch: "
+          + ", ".join(f"{name} {ratio:.3f}" for name, ratio in paired.items()))
     print(f"outputs bit-identical: {identical}")
     with open(args.out, "w") as fh:
         json.dump(dict(steps=args.steps, lead=args.lead, repeats=args.repeats, residual_bytes=residual_bytes,
                        threads=torch.get_num_threads(),
-                       median=summary, runs=rows, bit_identical=identical), fh, indent=2)
+                       median=summary, paired_ratio=paired, runs=rows, bit_identical=identical), fh, indent=2)
     print(f"wrote {args.out}")
 
 

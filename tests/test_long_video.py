@@ -210,3 +210,20 @@ def test_bad_input_is_refused():
     late.enable_cache("warmstart_reuse", warm_steps=4, **TEA)
     with pytest.raises(ValueError, match="warm_steps: 4 must be fewer than the 3 denoising steps"):
         generate(late, num_inference_steps=3)
+
+
+def test_a_prefetched_entry_that_spills_before_its_read_is_staged_again_below(tmp_path):
+    disk = DiskStore(tmp_path)
+    store = TieredStore([(GPUStore(), 400), (CPUStore(), 400), (disk, None)])
+    values = {i: torch.full((100,), float(i)) for i in range(6)}  # 400 bytes each: one per fast tier
+    store.put(("k", 0), values[0])
+    store.put(("k", 1), values[1])  # k0 spills to the host tier
+    store.prefetch(("k", 0))  # staged from the host tier (nothing to wait for there)
+    assert disk.stats.prefetches == 0
+    store.put(("k", 2), values[2])  # k1 to the host, k0 on to the disk: staged again from there
+    assert store.tier_of(("k", 0)) == 2 and disk.stats.prefetches == 1
+    assert torch.equal(store.get(("k", 0)), values[0])
+    assert disk.stats.prefetch_hits + disk.stats.late_waits == 1
+    store.put(("k", 3), values[3])  # nothing wanted any more: no staging
+    assert disk.stats.prefetches == 1
+    store.close()

@@ -108,6 +108,9 @@ class TieredStore(CacheStore):
         self._puts = self._rejected = self._hits = self._misses = 0
         self._move_seconds = 0.0
         self._closed = False
+        # keys asked for by `prefetch` and not read yet: an entry that spills down meanwhile is staged
+        # again from the tier it lands in, so the read still finds it arriving
+        self._wanted: set[Key] = set()
 
     @property
     def stores(self) -> list[CacheStore]:
@@ -146,6 +149,7 @@ class TieredStore(CacheStore):
     def get(self, key: Key) -> torch.Tensor | None:
         """The value on the device, or None; a lower-tier hit is promoted when ``promote`` is set."""
         with self._lock:
+            self._wanted.discard(key)
             index = self._where.get(key)
             for tier in self._tiers[:len(self._tiers) if index is None else index]:
                 tier.misses += 1
@@ -178,10 +182,12 @@ class TieredStore(CacheStore):
             return value
 
     def prefetch(self, key: Key) -> None:
-        """Ask the entry's tier to stage it toward the device; a no-op for a missing key."""
+        """Ask the entry's tier to stage it toward the device (and again from the tier it spills to,
+        should it spill before it is read); a no-op for a missing key."""
         with self._lock:
             index = self._where.get(key)
             if index is not None:
+                self._wanted.add(key)
                 self._tiers[index].store.prefetch(key)
 
     def drop(self, key: Key) -> None:
@@ -279,6 +285,8 @@ class TieredStore(CacheStore):
                 else:
                     tier.spills += 1
                     self._tiers[placed].bytes_in += nbytes
+                    if key in self._wanted:
+                        self._tiers[placed].store.prefetch(key)
         tier.store.drop(key)
         self._move_seconds += time.perf_counter() - started
 
@@ -308,6 +316,7 @@ class TieredStore(CacheStore):
         tier.store.drop(key)  # normally a no-op: the store already forgot it
 
     def _remove(self, key: Any) -> bool:
+        self._wanted.discard(key)
         index = self._where.pop(key, None)
         if index is None:
             return False

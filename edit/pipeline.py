@@ -122,6 +122,11 @@ class EditWanPipeline(WanPipeline):
         cache = self.cache
         if slowest_tier(cache.store) is None:
             return None
+        options, policy = self._plan_options, cache.policy
+        certain = (options["fold"] and getattr(policy, "static_signal", False)) or options["passes"] \
+            or getattr(policy, "warm_steps", 0)
+        if not certain:  # every read is a run-time decision's: "auto" stages none, so measure nothing
+            return None
         residual = None
         if fingerprint is not None:
             residual = Plan.from_graph(Graph(), fingerprint=fingerprint, copy=False).residual_bytes()

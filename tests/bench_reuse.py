@@ -32,6 +32,8 @@ from pathlib import Path
 
 import torch
 
+from bench_store_latency import _evict as evict_from_page_cache  # noqa: E402  (tests/ is on sys.path)
+
 from edit import EditWanPipeline, tiny_components
 from edit.cache import CPUStore, DiskStore, GPUStore, TieredStore
 
@@ -48,12 +50,7 @@ class ColdDisk(DiskStore):
         stored = super().put(key, tensor)
         path = self.path(key) if stored else None
         if path is not None and hasattr(os, "posix_fadvise"):
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fdatasync(fd)
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(fd)
+            evict_from_page_cache(path)
         return stored
 
 

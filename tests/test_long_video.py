@@ -227,3 +227,19 @@ def test_a_prefetched_entry_that_spills_before_its_read_is_staged_again_below(tm
     store.put(("k", 3), values[3])  # nothing wanted any more: no staging
     assert disk.stats.prefetches == 1
     store.close()
+
+
+def test_bench_reuse_smoke(tmp_path):
+    """The benchmark script runs and its figures hang together (not a timing test)."""
+    import json
+    import subprocess
+    import sys
+    out = tmp_path / "reuse"
+    subprocess.run([sys.executable, str(Path(__file__).parent / "bench_reuse.py"), "--segments", "3", "--window", "2",
+                    "--repeats", "1", "--steps", "4", "--out", str(out)], check=True, timeout=300, capture_output=True)
+    data = json.loads(out.with_suffix(".json").read_text())
+    for disk in ("cold", "latency"):
+        s = data["scenarios"][disk]
+        assert s["traces_equal_b_c"] and set(s["median_seconds_per_segment"]) == {"a", "b", "c"}
+        assert s["median_stall_seconds"]["a"] <= s["median_stall_seconds"]["b"]
+    assert "stall hidden" in out.with_suffix(".md").read_text()

@@ -441,7 +441,7 @@ def plan_command(args: argparse.Namespace) -> int:
             check_target(save_path, "--save")
         except OutputError as err:
             raise CliError(f"{err.flag}: {err}") from None
-    folder, height, width, known = check_model_and_size(args)
+    folder, height, width, _ = check_model_and_size(args)
     pipe = load_pipeline(args.model, folder)
     enable_cache(pipe, args)
     start = time.perf_counter()

@@ -20,6 +20,7 @@ from diffusers.utils.torch_utils import get_module_execution_device
 
 from edit.checks import check_call, check_enable_cache
 from edit.graph import Graph, Plan, RunSpec, check_granularity, lower, verify
+from edit.graph.plan import residual_bytes
 from edit.passes import Pipeline, check_warm_steps, default_pipeline, make_policy
 from edit.runtime import Program, RunState, StepEnd, WanAdapter, compile_program
 from edit.runtime.cache import CacheController
@@ -127,9 +128,7 @@ class EditWanPipeline(WanPipeline):
             or getattr(policy, "warm_steps", 0)
         if not certain:  # every read is a run-time decision's: "auto" stages none, so measure nothing
             return None
-        residual = None
-        if fingerprint is not None:
-            residual = Plan.from_graph(Graph(), fingerprint=fingerprint, copy=False).residual_bytes()
+        residual = None if fingerprint is None else residual_bytes(fingerprint)
         if cache.transfer is None:
             cache.transfer = dict(setting) if isinstance(setting, dict) else \
                 measure_transfer(cache.store, residual or (1 << 20))

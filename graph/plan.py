@@ -83,10 +83,7 @@ class Plan(Graph):
 
     def residual_bytes(self) -> int | None:
         """Bytes of one stored residual, from the fingerprint's residual shape and dtype (None if unknown)."""
-        shape, dtype = self.fingerprint.get("residual_shape"), self.fingerprint.get("dtype")
-        if shape is None or dtype not in _DTYPE_BYTES:
-            return None
-        return math.prod(shape) * _DTYPE_BYTES[dtype]
+        return residual_bytes(self.fingerprint)
 
     def mismatch(self, fingerprint: dict[str, Any]) -> str | None:
         """The first field where `fingerprint` (a call's) differs from this plan's, described; None if none."""
@@ -100,3 +97,11 @@ class Plan(Graph):
         """Draw the plan (`edit.graph.draw.render`): .svg/.png/.pdf/.dot; `trace=pipe.cache.stats` draws what ran."""
         from edit.graph.draw import render
         return render(self, path, level=level, steps=steps, trace=trace)
+
+
+def residual_bytes(fingerprint: dict[str, Any]) -> int | None:
+    """Bytes of one residual of a call with this fingerprint (its residual shape and dtype), or None."""
+    shape, dtype = fingerprint.get("residual_shape"), fingerprint.get("dtype")
+    if shape is None or dtype not in _DTYPE_BYTES:
+        return None
+    return math.prod(shape) * _DTYPE_BYTES[dtype]

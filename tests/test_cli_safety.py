@@ -180,10 +180,14 @@ def _interrupt_when(proc: subprocess.Popen, ready, timeout: float = 120) -> None
     proc.send_signal(signal.SIGINT)
 
 
-@pytest.mark.parametrize("when", ["generating", "writing"])
+@pytest.mark.parametrize("when", ["loading", "generating", "writing"])
 def test_ctrl_c_is_one_line_status_130_and_leaves_the_old_file(tmp_path, when):
     old = _old_file(tmp_path / "fox.gif")
-    if when == "generating":  # many steps: the signal lands in the denoising loop
+    if when == "loading":  # while torch and diffusers are imported (`import edit` itself loads neither)
+        proc = _edit("generate", "a fox", *SMALL, "--out", old.name, cwd=tmp_path)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+    elif when == "generating":  # many steps: the signal lands in the denoising loop
         proc = _edit("generate", "a fox", "--steps", "400", "--frames", "9", "--height", "32", "--width", "48",
                      "--out", old.name, cwd=tmp_path)
         assert proc.stdout.readline().startswith("loaded tiny in ")

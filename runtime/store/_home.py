@@ -90,14 +90,18 @@ class StoreHome:
         self._fd = None
 
 
+def scan(folder: Path) -> list[os.DirEntry]:
+    """The entries of ``folder``; none when it cannot be listed (gone, or unreadable)."""
+    try:
+        return list(os.scandir(folder))
+    except OSError:
+        return []
+
+
 def sweep(root: Path, keep: str | None = None) -> int:
     """Remove the store folders under ``root`` whose owner is gone; returns how many."""
     removed = 0
-    try:
-        entries = list(os.scandir(root))
-    except OSError:
-        return 0
-    for entry in entries:
+    for entry in scan(root):
         if entry.name == keep or not entry.name.startswith(PREFIX):
             continue
         if entry.is_dir(follow_symlinks=False) and _unowned(Path(entry.path)):

@@ -19,7 +19,7 @@ import torch
 from edit.runtime.store._checks import check_bool, check_key, check_tensor
 from edit.runtime.store._device import consume_staged, resolve_device, side_stream, stage_on, to_device
 from edit.runtime.store._entryfile import DTYPE_NAMES, MAX_KEY_REPR, EntryRecord, read_entry, write_entry
-from edit.runtime.store._home import StoreHome
+from edit.runtime.store._home import StoreHome, scan
 from edit.runtime.store.base import Key, SingleTierStore
 
 #: Names of in-progress writes; anything left with this prefix is debris of a crash.
@@ -344,11 +344,7 @@ def _replace(temp: Path, path: str) -> None:
 
 def _remove_temp_files(folder: Path) -> int:
     removed = 0
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return 0
-    for entry in entries:
+    for entry in scan(folder):
         if entry.name.startswith(TEMP_PREFIX) and entry.name.endswith(TEMP_SUFFIX):
             removed += _unlink_quietly(entry.path)
     return removed

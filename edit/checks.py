@@ -69,6 +69,31 @@ def check_enable_cache(*, store: Any, fold: Any) -> None:
         raise TypeError(f"store: expected a store instance such as {store.__name__}(), got the class itself")
 
 
+def check_prefetch(prefetch: Any, costs: Any) -> Any:
+    """`enable_cache`'s `prefetch` and `costs`; returns the `CostModel` they give (None: measure)."""
+    from edit.passes.compiler import CostModel
+
+    if costs is not None and not isinstance(costs, CostModel):
+        raise TypeError(f"costs: expected an edit.passes.compiler.CostModel, got {type(costs).__name__}")
+    if isinstance(prefetch, dict):
+        allowed = {"bandwidth", "latency", "block_seconds"}
+        if set(prefetch) - allowed or "bandwidth" not in prefetch:
+            raise ValueError(f"prefetch: a dict gives the slow tier's costs, {{'bandwidth': bytes/s > 0, "
+                             f"'latency': seconds >= 0, 'block_seconds': seconds > 0}}; got {prefetch!r}")
+        try:
+            given = CostModel(**prefetch)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"prefetch: {err}") from None
+        if costs is not None and costs != given:
+            raise ValueError("costs: given twice (prefetch={...} and costs=); give one")
+        return given
+    if prefetch != "auto" and prefetch is not None and (isinstance(prefetch, bool) or
+                                                      not isinstance(prefetch, int) or prefetch < 1):
+        raise ValueError(f"prefetch: expected 'auto', None, a dict of tier costs or an int >= 1 (cells ahead "
+                         f"of each read), got {prefetch!r}")
+    return costs
+
+
 #: What each tiny transformer override may be, beyond its type.
 _POSITIVE_INTS = ("num_attention_heads", "attention_head_dim", "in_channels", "out_channels", "text_dim",
                   "freq_dim", "ffn_dim", "num_layers", "rope_max_seq_len")

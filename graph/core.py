@@ -13,7 +13,7 @@ from typing import Any
 
 import networkx as nx
 
-from edit.graph.nodes import COMPUTE, DATA, EDGE_KINDS, REUSE_MODE, Cell, Node
+from edit.graph.nodes import COMPUTE, DATA, EDGE_KINDS, REUSE_MODE, Cell, Node, Unit
 from edit.graph.spec import RunSpec
 
 
@@ -254,6 +254,14 @@ class Graph:
             if src is not None and src.pin and src.mode == COMPUTE:
                 return src.pin_key
         return cell.key
+
+    def units_per_forward(self) -> int:
+        """Block groups (units, cells) in one (step, branch) forward: what a policy's context reports."""
+        counts: dict[tuple, int] = {}
+        for node in self._of_kind((Unit, Cell), None, False):
+            key = (node.step, node.branch)
+            counts[key] = counts.get(key, 0) + 1
+        return max(counts.values(), default=0)
 
     def edges(self, kind: str | None = None) -> list[tuple[Node, Node, dict[str, Any]]]:
         return [(u, v, d) for u, v, d in self.nx.edges(data=True) if kind is None or d["kind"] == kind]

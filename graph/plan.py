@@ -18,14 +18,21 @@ from edit.graph.core import Graph
 from edit.graph.nodes import COMPUTE, DECIDE, REUSE_MODE, Cell
 
 #: Bytes of one element, by the dtype names a fingerprint records.
-_DTYPE_BYTES = {"torch.float32": 4, "torch.float16": 2, "torch.bfloat16": 2, "torch.float64": 8}
+DTYPE_BYTES = {"torch.float32": 4, "torch.float16": 2, "torch.bfloat16": 2, "torch.float64": 8}
+
+
+#: The fields every runnable plan's fingerprint has: a file without one of them loads only unbound.
+FINGERPRINT_FIELDS = ("model", "weights", "dtype", "scheduler", "latent_shape", "num_steps", "timesteps",
+                      "guidance_scale", "branches", "num_blocks", "generation", "models", "window", "residual_shape")
 
 
 class Plan(Graph):
-    """A `Graph` with `pipeline` (the text of the passes that made it) and `fingerprint`."""
+    """A `Graph` with `pipeline` (the text of the passes that made it) and `fingerprint`. `bound`:
+    False for a plan loaded for inspection only (`Plan.load(path, bind=False)`), which never runs."""
 
     pipeline: str = ""
     fingerprint: dict[str, Any]
+    bound: bool = True
 
     @classmethod
     def from_graph(cls, graph: Graph, *, pipeline: str = "", fingerprint: dict[str, Any] | None = None,
@@ -44,10 +51,12 @@ class Plan(Graph):
         return planfile.save(self, path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> Plan:
-        """Read and verify a plan file; a broken or foreign file raises `PlanFileError` saying what."""
+    def load(cls, path: str | os.PathLike, *, bind: bool = True) -> Plan:
+        """Read and verify a plan file; a broken or foreign file raises `PlanFileError` saying what.
+        A file whose fingerprint lacks a field is refused, naming it, unless `bind=False` (then it
+        loads for inspection and rendering, and no call runs it)."""
         from edit.graph import planfile
-        return planfile.load(path)
+        return planfile.load(path, bind=bind)
 
     # -- inspection -------------------------------------------------------------------------------
     def stats(self, store: Any = None) -> dict[str, Any]:
@@ -86,12 +95,19 @@ class Plan(Graph):
         return residual_bytes(self.fingerprint)
 
     def mismatch(self, fingerprint: dict[str, Any]) -> str | None:
-        """The first field where `fingerprint` (a call's) differs from this plan's, described; None if none."""
-        for field, mine in self.fingerprint.items():
-            theirs = fingerprint.get(field, mine)
+        """The first field where `fingerprint` (a call's) differs from this plan's, or that this plan
+        lacks, described; None if none."""
+        for field, theirs in fingerprint.items():
+            if field not in self.fingerprint:
+                return f"fingerprint: the plan has no {field!r} field, so it cannot be checked against this call"
+            mine = self.fingerprint[field]
             if theirs != mine:
                 return f"{field}: the plan was compiled for {mine!r}, this call has {theirs!r}"
         return None
+
+    def missing_fields(self) -> list[str]:
+        """The `FINGERPRINT_FIELDS` this plan's fingerprint lacks."""
+        return [f for f in FINGERPRINT_FIELDS if f not in self.fingerprint]
 
     def render(self, path: str | os.PathLike, *, level: str = "units", steps: Any = None, trace: Any = None) -> Path:
         """Draw the plan (`edit.graph.draw.render`): .svg/.png/.pdf/.dot; `trace=pipe.cache.stats` draws what ran."""
@@ -102,6 +118,6 @@ class Plan(Graph):
 def residual_bytes(fingerprint: dict[str, Any]) -> int | None:
     """Bytes of one residual of a call with this fingerprint (its residual shape and dtype), or None."""
     shape, dtype = fingerprint.get("residual_shape"), fingerprint.get("dtype")
-    if shape is None or dtype not in _DTYPE_BYTES:
+    if shape is None or dtype not in DTYPE_BYTES:
         return None
-    return math.prod(shape) * _DTYPE_BYTES[dtype]
+    return math.prod(shape) * DTYPE_BYTES[dtype]

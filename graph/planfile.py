@@ -83,8 +83,9 @@ def save(plan: Graph, path: str | os.PathLike) -> Path:
     return path
 
 
-def load(path: str | os.PathLike) -> Any:
-    """Read a plan file written by `save` (or edited by hand) into a verified `Plan`."""
+def load(path: str | os.PathLike, *, bind: bool = True) -> Any:
+    """Read a plan file written by `save` (or edited by hand) into a verified `Plan`; with `bind`, a
+    fingerprint lacking a field is refused naming it (`bind=False`: loaded unbound, never run)."""
     from edit.graph.plan import Plan
     from edit.graph.verify import verify
 
@@ -100,7 +101,13 @@ def load(path: str | os.PathLike) -> Any:
         verify(plan)
     except ValueError as err:
         raise PlanFileError(f"{path}: {err}") from None
-    return plan if isinstance(plan, Plan) else Plan.from_graph(plan, copy=False)
+    plan = plan if isinstance(plan, Plan) else Plan.from_graph(plan, copy=False)
+    missing = plan.missing_fields()
+    if bind and missing:
+        raise PlanFileError(f"{path}: fingerprint: no {missing[0]!r} field (a plan binds to the call it was "
+                            "compiled for; load it with bind=False to inspect or render it)")
+    plan.bound = bind and not missing
+    return plan
 
 
 def from_dict(data: Any, *, where: str = "plan") -> Any:

@@ -139,6 +139,9 @@ class Pipeline:
             new = p(graph)
             if not isinstance(new, Graph):
                 raise TypeError(f"{pass_text(p)}: a pass must return a Graph, got {type(new).__name__}")
+            if _call_fields(new.spec) != _call_fields(graph.spec):
+                raise ValueError(f"{pass_text(p)}: a pass may not change the run spec ({_spec_change(graph.spec, new.spec)}); "
+                                 "the call decides steps, timesteps, guidance and size")
             if self.debug:
                 try:
                     verify(new)
@@ -174,6 +177,21 @@ class Pipeline:
             raise TypeError(f"text: expected a pipeline string, got {type(text).__name__}")
         passes = [_parse_one(item, bindings) for item in _split(text)]
         return cls(passes) if debug is None else cls(passes, debug=debug)
+
+
+def _call_fields(spec: Any) -> Any:
+    """A spec's fields the call decides: all but the granularity, which `regroup` sets."""
+    return spec if spec is None else attrs.evolve(spec, granularity="stack")
+
+
+def _spec_change(old: Any, new: Any) -> str:
+    if old is None or new is None or type(old) is not type(new):
+        return f"spec {old!r} -> {new!r}"
+    for field in attrs.fields(type(old)):
+        a, b = getattr(old, field.name), getattr(new, field.name)
+        if a != b:
+            return f"{field.name}: {a!r} -> {b!r}"
+    return "spec"
 
 
 def _split(text: str) -> list[ast.expr]:

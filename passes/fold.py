@@ -1,9 +1,9 @@
 """`fold_static`: a policy whose decisions are known at compile time becomes a fixed skip schedule.
 
 The decisions come from `decisions(graph) -> {(step, branch, unit): compute}`, bound when the
-pipeline is built: the runtime evaluates the policy there with the same function it uses at run
-time (and fires the `after_decision` hooks, whose overrides the folded plan then shows). The pass
-itself only inlines each cell's chosen region with `set_cells`, the public editing API.
+pipeline is built (`static_decisions`: the policy evaluated on the model's static signals with the
+decision function the runtime uses). The pass itself only inlines each cell's chosen region with
+`set_cells`, the public editing API.
 """
 
 from __future__ import annotations
@@ -13,10 +13,29 @@ from collections.abc import Callable
 import attrs
 
 from edit.graph import COMPUTE, DECIDE, REUSE_MODE, Cell, Graph
-from edit.passes.base import Pass, bound, register_pass
+from edit.passes.base import Pass, bound, paused_gc, register_pass
 from edit.passes.edit import set_cells
+from edit.passes.policy import CachePolicy, decide, make_context, memoized_relative_l1, policy_state
 
 Decisions = Callable[[Graph], dict[tuple[int, str, int], bool]]
+
+
+def static_decisions(graph: Graph, policy: CachePolicy, signals: Callable[[int], dict]) -> dict[tuple, bool]:
+    """Decide, ahead of time, every cell the policy sees from the static `signals(step)`: fresh policy
+    states, execution order, the runtime's decision function (`decide`). Pure: no hook fires."""
+    states: dict = {}
+    cells = [c for c in graph.nodes(Cell) if c.mode == DECIDE or c.consult]
+    num_steps, num_units = graph.spec.num_steps, graph.units_per_forward()
+    by_step: dict[int, dict] = {}
+    out = {}
+    with memoized_relative_l1(), paused_gc():
+        for cell in cells:
+            if cell.step not in by_step:
+                by_step[cell.step] = signals(cell.step)
+            context = make_context(cell, policy_state(policy, states, cell), num_steps=num_steps,
+                                   num_units=num_units, signals=by_step[cell.step])
+            out[cell.cell] = decide(policy, cell, context)
+    return out
 
 
 def fold_static(graph: Graph, decisions: Decisions | None) -> Graph:

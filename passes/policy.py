@@ -54,11 +54,44 @@ def _relative_l1(cur: torch.Tensor, prev: torch.Tensor) -> float:
 
 @attrs.define(eq=False)
 class PolicyState:
-    """Mutable state of one (branch, unit); `user` is the policy's scratch dict."""
+    """Mutable state of one (model, branch, unit); `user` is the policy's scratch dict."""
 
     branch: str
     unit: int
     user: dict[str, Any] = attrs.Factory(dict)
+    model: str = "transformer"
+
+
+def policy_state(policy: CachePolicy | None, states: dict, cell: Any) -> PolicyState:
+    """The state of `cell`'s (model, branch, unit) in `states`, made (and reset by the policy) on first use."""
+    key = (cell.model, cell.branch, cell.unit)
+    state = states.get(key)
+    if state is None:
+        state = states[key] = PolicyState(cell.branch, cell.unit, model=cell.model)
+        if policy is not None:
+            policy.reset(state)
+    return state
+
+
+def make_context(cell: Any, state: PolicyState, *, num_steps: int, num_units: int,
+                 signals: dict[str, Any] | None = None, hidden: Any = None, encoder_hidden: Any = None,
+                 probe: Any = None) -> CacheContext:
+    """What a policy sees for `cell`; `e0`/`e`/`encoder_hidden` are the documented aliases of Wan's
+    signals of those names (None for a model whose adapter gives no such signal)."""
+    signals = signals or {}
+    if encoder_hidden is None:
+        encoder_hidden = signals.get("encoder_hidden")
+    return CacheContext(step=cell.step, num_steps=num_steps, branch=cell.branch, unit_index=cell.unit,
+                        num_units=num_units, hidden=hidden, e0=signals.get("e0"), e=signals.get("e"),
+                        encoder_hidden=encoder_hidden, state=state, first_block_residual=probe, signals=signals,
+                        model=cell.model)
+
+
+def decide(policy: CachePolicy, cell: Any, context: CacheContext) -> bool:
+    """THE decision of a cell, at run time and when folding: the policy is consulted (its state
+    advances) and the cell's mode fixes the path unless it is "decide"."""
+    verdict = bool(policy.should_compute(context))
+    return verdict if cell.mode == "decide" else cell.mode == "compute"
 
 
 @attrs.frozen(eq=False)
@@ -84,6 +117,7 @@ class CacheContext:
     state: PolicyState
     first_block_residual: torch.Tensor | None = None
     signals: dict[str, Any] = attrs.Factory(dict)
+    model: str = "transformer"
 
 
 class CachePolicy:

@@ -10,8 +10,9 @@ import time
 import attrs
 import torch
 
-from edit.graph import COMPUTE, DECIDE, Cell
-from edit.passes.policy import CacheContext, CachePolicy, PolicyState, memoized_relative_l1
+from edit.graph import DECIDE, Cell
+from edit.passes.compiler import CostModel
+from edit.passes.policy import CacheContext, CachePolicy, PolicyState, decide, make_context, policy_state
 
 HOOK_EVENTS = ("before_unit", "after_decision", "after_unit")
 
@@ -166,33 +167,35 @@ def store_lines(store: dict[str, Any]) -> list[str]:
 
 
 class CacheController:
-    """`pipe.cache`: the bound policy, its per-(branch, unit) states, the residual store, stats, hooks.
+    """`pipe.cache`: the bound policy, its per-(model, branch, unit) states, the residual store, stats,
+    hooks, the generation and reuse window of long videos, and the measured `costs`.
 
     Plan settings (granularity, folding, prefetch, user passes) are not kept here: they are the
     parameters of the passes in the plan's pipeline (`pipe.cache_pipeline`).
     """
 
-    def __init__(self, policy: CachePolicy | None, *, store: Any):
+    def __init__(self, policy: CachePolicy | None, *, store: Any, costs: CostModel | None = None):
         self.policy = policy
         self.store = store
         self.generation = 0
         self.reuse_window: tuple[int, ...] = ()
         self._generation_set = False
-        self.last_unit_seconds: float | None = None  # from the previous run: the prefetch cost model's clock
-        self.transfer: dict[str, float] | None = None  # the store's measured (or given) slow-tier costs
+        self.costs = CostModel() if costs is None else costs  # the prefetch cost model: explicit, never from a run
         self.stats = CacheStats(self.store)
-        self.states: dict[tuple[str, int], PolicyState] = {}
+        self.states: dict[tuple[str, str, int], PolicyState] = {}
         self.hooks: dict[str, list[Callable[[UnitEvent], Any]]] = {e: [] for e in HOOK_EVENTS}
         self.num_steps = 0
         self.num_units = 0
+        self.run_policy: CachePolicy | None = policy  # the policy deciding this run's cells (a plan's own)
 
     # -- user API -----------------------------------------------------------------------------
     def add_hook(self, event: str, fn: Callable[[UnitEvent], Any]) -> Callable[[], None]:
         """Call `fn(UnitEvent)` at `event` (before_unit / after_decision / after_unit); returns a remover.
 
-        `before_unit` and `after_unit` fire at run time for every cell; `after_decision` fires where
-        the cell is decided: at run time, or when a static policy is folded into the plan (then
-        `hidden` is None, and an override is compiled into the plan's schedule).
+        All three fire at run time. `after_decision` fires for the cells decided at run time, and
+        may return a bool to override the decision; while such a hook is registered, a static policy
+        is not folded (its cells are decided at run time, with the decisions a folded plan has), so
+        the hook sees every decision.
         """
         if event not in HOOK_EVENTS:
             raise ValueError(f"event: expected one of {HOOK_EVENTS}, got {event!r}")
@@ -201,9 +204,9 @@ class CacheController:
         self.hooks[event].append(fn)
         return lambda: self.hooks[event].remove(fn) if fn in self.hooks[event] else None
 
-    def hook_version(self) -> tuple:
-        """Identifies the decision hooks; a folded plan is compiled anew when they change."""
-        return tuple(id(fn) for fn in self.hooks["after_decision"])
+    @property
+    def decision_hooks(self) -> bool:
+        return bool(self.hooks["after_decision"])
 
     def set_generation(self, generation: int) -> None:
         """Residuals of later runs are keyed by this generation id (a segment of a long video)."""
@@ -238,81 +241,41 @@ class CacheController:
             self.store.clear()
 
     # -- runtime side -------------------------------------------------------------------------
-    def begin_run(self, num_steps: int, num_units: int, reset: bool = True) -> None:
+    def begin_run(self, num_steps: int, num_units: int, reset: bool = True, policy: CachePolicy | None = None) -> None:
         """Start a run: with `reset` (the default), fresh policy states and stats; without, both go
-        on from the previous run (after a `reset()` of your own, as a segment loop does)."""
+        on from the previous run (after a `reset()` of your own, as a segment loop does). `policy`:
+        the one deciding this run's cells (a replayed plan's own; default: the enabled one)."""
         if reset:
             self.states.clear()
             self.stats = CacheStats(self.store)
         else:
             self.stats.resume(self.store)
+        self.run_policy = self.policy if policy is None else policy
         self.num_steps, self.num_units = num_steps, num_units
 
     def end_run(self) -> None:
         self.stats.freeze_store()
-        if self.stats.unit_seconds is not None:
-            self.last_unit_seconds = self.stats.unit_seconds
-
-    def state(self, branch: str, unit: int, states: dict | None = None) -> PolicyState:
-        states = self.states if states is None else states
-        state = states.get((branch, unit))
-        if state is None:
-            state = states[(branch, unit)] = PolicyState(branch, unit)
-            if self.policy is not None:
-                self.policy.reset(state)
-        return state
 
     def context(self, cell: Cell, *, hidden: Any = None, signals: dict[str, Any] | None = None,
-                encoder_hidden: Any = None, probe: Any = None, num_steps: int | None = None,
-                num_units: int | None = None, states: dict | None = None) -> CacheContext:
-        signals = signals or {}
-        return CacheContext(step=cell.step, num_steps=self.num_steps if num_steps is None else num_steps,
-                            branch=cell.branch, unit_index=cell.unit,
-                            num_units=self.num_units if num_units is None else num_units, hidden=hidden,
-                            e0=signals.get("e0"), e=signals.get("e"), encoder_hidden=encoder_hidden,
-                            state=self.state(cell.branch, cell.unit, states), first_block_residual=probe,
-                            signals=signals)
+                encoder_hidden: Any = None, probe: Any = None) -> CacheContext:
+        return make_context(cell, policy_state(self.run_policy, self.states, cell), num_steps=self.num_steps,
+                            num_units=self.num_units, signals=signals, hidden=hidden,
+                            encoder_hidden=encoder_hidden, probe=probe)
 
     def decide(self, cell: Cell, context: CacheContext) -> bool:
-        """THE decision of a cell, at run time and when folding: the policy is consulted (its state
-        advances), the cell's mode fixes the path unless it is "decide", and `after_decision` hooks
-        may override a "decide" cell."""
-        if self.policy is None:
+        """The run-time decision of a cell (`edit.passes.policy.decide`, the one folding uses), then
+        the `after_decision` hooks, which may override a "decide" cell."""
+        if self.run_policy is None:
             raise ValueError(f"%{cell.name}: this cell is decided by a policy; enable a cache with one "
                              "(pipe.enable_cache(policy=...))")
-        verdict = bool(self.policy.should_compute(context))
+        compute = decide(self.run_policy, cell, context)
         decided = cell.mode == DECIDE
-        compute = verdict if decided else cell.mode == COMPUTE
         for fn in self.hooks["after_decision"]:
             out = fn(UnitEvent("after_decision", cell.step, cell.branch, cell.unit, hidden=context.hidden,
                                compute=compute, ctx=context))
             if out is not None and decided:
                 compute = bool(out)
         return compute
-
-    def static_decisions(self, graph: Any, signals: Callable[[int], dict[str, Any]]) -> dict[tuple, bool]:
-        """Decide, ahead of time, every cell the policy sees, from the static `signals(step)` — with
-        fresh policy states, in execution order, through `decide` (hooks included)."""
-        states: dict[tuple[str, int], PolicyState] = {}
-        cells = [c for c in graph.nodes(Cell) if c.mode == DECIDE or c.consult]
-        units: dict[tuple, int] = {}
-        for c in graph.nodes(Cell):
-            units[(c.step, c.branch)] = units.get((c.step, c.branch), 0) + 1
-        num_units = max(units.values(), default=0)
-        with memoized_relative_l1():
-            return self._decide_all(cells, signals, graph.spec.num_steps, num_units, states)
-
-    def _decide_all(self, cells: list[Cell], signals: Callable, num_steps: int, num_units: int,
-                    states: dict) -> dict[tuple, bool]:
-        cache: dict[int, dict[str, Any]] = {}
-        out = {}
-        for cell in cells:
-            if cell.step not in cache:
-                cache[cell.step] = signals(cell.step)
-            context = self.context(cell, signals=cache[cell.step], num_steps=num_steps, num_units=num_units,
-                                   states=states)
-            out[cell.cell] = self.decide(cell, context)
-        return out
 
     def fire(self, event: str, cell: Any, **fields: Any) -> Any:
         result = None

@@ -159,7 +159,6 @@ def _compile(graph: Graph, check: bool) -> Program:
         if slot_of[node] not in last_use and not isinstance(node, (Output, Update)):
             frees.setdefault(pos, []).append(slot_of[node])
     instrs = []
-    units_per_forward: dict[tuple, int] = {}
     read_keys = {}
     for pos, node in enumerate(order):
         args = tuple(sorted((port, slot_of[p], sel) for port, (p, sel) in inputs[node].items()))
@@ -168,11 +167,8 @@ def _compile(graph: Graph, check: bool) -> Program:
         instrs.append(Instr(node, kernel_for(node), args, slot_of[node], tuple(sorted(frees.get(pos, ()))), context))
         if isinstance(node, Cell):
             read_keys[node] = graph.read_keys(node)
-        if isinstance(node, (Unit, Cell)):
-            key = (node.step, branch)
-            units_per_forward[key] = units_per_forward.get(key, 0) + 1
     input_slots = {n.value: slot_of[n] for n in order if isinstance(n, Input)}
     first = next(((n.step, n.branch, n.unit) for n in order if isinstance(n, (Unit, Cell))), None)
     entry = tuple(n.key for n in order if isinstance(n, Prefetch) and n.issue == first)
     return Program(graph, tuple(instrs), len(order), input_slots, slot_of[outputs[0]], read_keys,
-                   max(units_per_forward.values(), default=0), entry)
+                   graph.units_per_forward(), entry)

@@ -97,8 +97,7 @@ def run_cell(state: RunState, node: Cell, hidden: torch.Tensor, ctx, probe: torc
     hooks = cache.hooks
     context = None
     if node.mode == DECIDE or node.consult or hooks["before_unit"]:
-        context = cache.context(node, hidden=hidden, signals=adapter.signals(ctx), encoder_hidden=ctx.encoder_hidden,
-                                probe=probe)
+        context = cache.context(node, hidden=hidden, signals=adapter.signals(ctx), probe=probe)
         if hooks["before_unit"]:
             cache.fire("before_unit", node, hidden=hidden, ctx=context)
     if node.mode == DECIDE or node.consult:

@@ -13,6 +13,8 @@ from typing import Any
 import attrs
 import torch
 
+from edit.runtime.fingerprint import DigestCache, config_digest
+
 
 @attrs.define(eq=False)
 class EmbedOutput:
@@ -34,11 +36,16 @@ class WanAdapter:
     """Run a `WanTransformer3DModel` in pieces: `embed`, `run_blocks(start, stop)`, `head` (an
     `edit.runtime.ModelAdapter`)."""
 
-    def __init__(self, transformer: torch.nn.Module):
+    #: What the embed step yields: a data edge may `select` one of these.
+    embed_outputs = ("hidden", "e", "e0", "encoder_hidden", "rotary", "grid")
+
+    def __init__(self, transformer: torch.nn.Module, model_id: str = "transformer"):
         blocks = getattr(transformer, "blocks", None)
         if blocks is None or not hasattr(transformer, "condition_embedder"):
             raise TypeError(f"transformer: expected a diffusers WanTransformer3DModel, got {type(transformer).__name__}")
         self.model = transformer
+        self.model_id = model_id
+        self._digest = DigestCache()
         self.blocks = blocks
         self.num_blocks = len(blocks)
         self.patch_size = tuple(transformer.config.patch_size)
@@ -46,6 +53,35 @@ class WanAdapter:
     @property
     def dtype(self) -> torch.dtype:
         return self.model.dtype
+
+    def describe(self, latent_shape: tuple[int, ...], version: tuple | None = None) -> dict[str, Any]:
+        """This model's part of a plan's fingerprint and the shape of one residual at `latent_shape`."""
+        m = self.model
+        config = m.config
+        p_t, p_h, p_w = self.patch_size
+        tokens = latent_shape[2] // p_t * (latent_shape[3] // p_h) * (latent_shape[4] // p_w)
+        return {"fingerprint": {"model": f"{type(m).__name__}:{config_digest(m)}", "weights": self._digest(m, version),
+                                "dtype": str(m.dtype)},
+                "residual_shape": (latent_shape[0], tokens, config.num_attention_heads * config.attention_head_dim)}
+
+    def block_seconds(self, latent_shape: tuple[int, ...], repeats: int = 3) -> float:
+        """Median wall time of one block at `latent_shape` (the prefetch cost model's compute clock)."""
+        import time
+
+        m = self.model
+        device = next(m.parameters()).device
+        latents = torch.zeros(latent_shape, dtype=self.dtype, device=device)
+        text = torch.zeros(latent_shape[0], 16, m.config.text_dim, dtype=self.dtype, device=device)
+        with torch.no_grad():
+            ctx = self.embed(latents, torch.full((latent_shape[0],), 500.0, device=device), text)
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                self.run_blocks(0, 1, ctx.hidden, ctx)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                times.append(time.perf_counter() - start)
+        return max(sorted(times)[len(times) // 2], 1e-9)
 
     def check_latents(self, latents: torch.Tensor) -> None:
         """Raise ValueError when the latent video cannot be patchified by this model."""
@@ -79,8 +115,9 @@ class WanAdapter:
                            (batch, frames // p_t, height // p_h, width // p_w))
 
     def signals(self, ctx: EmbedOutput) -> dict[str, torch.Tensor]:
-        """TeaCache's two signals of one forward: `e` (diffusers `temb`) and `e0` (`timestep_proj`)."""
-        return {"e": ctx.e, "e0": ctx.e0}
+        """The policy signals of one forward: TeaCache's `e` (diffusers `temb`) and `e0`
+        (`timestep_proj`), and the text condition `encoder_hidden`."""
+        return {"e": ctx.e, "e0": ctx.e0, "encoder_hidden": ctx.encoder_hidden}
 
     def branch_context(self, branch: str, **info: Any):
         """diffusers' `transformer.cache_context(branch, step_index=..., ...)`, as `WanPipeline` runs

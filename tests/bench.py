@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from edit import diffusers_face as face
 from edit import EditWanPipeline, tiny_components
 from edit.cache import calibrate_teacache
 from edit.graph import Cell, Unit
@@ -125,8 +126,8 @@ def _sync(device: torch.device) -> None:
 def forward_split(pipe: EditWanPipeline, call: dict[str, Any], repeats: int) -> dict[str, float]:
     """Median ms of the forward's prefix (embed), its blocks and its head, on this run's shapes."""
     device, adapter = pipe._execution_device, pipe.adapter
-    num_frames, height, width = pipe._fit_video_size(call["num_frames"], call["height"], call["width"])
-    shape = pipe._latent_shape(1, num_frames, height, width)
+    num_frames, height, width = face.fit_video_size(pipe, call["num_frames"], call["height"], call["width"])
+    shape = face.latent_shape(pipe, 1, num_frames, height, width)
     with torch.no_grad():
         text, _ = pipe.encode_prompt(PROMPT, do_classifier_free_guidance=False, device=device)
         text = text.to(pipe.transformer.dtype)
@@ -314,7 +315,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     base = runs[0]
     with torch.no_grad():
-        reference = base["pipe"]._decode(base["latents"], "np")
+        reference = face.decode(base["pipe"], base["latents"], "np")
     rows = []
     for run in runs:
         pipe = run["pipe"]
@@ -332,7 +333,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             blocks_skipped = block_skip_fraction(pipe, call_meta)
             trace = {f"{b}:{u}": t for (b, u), t in stats.trace.items()}
         with torch.no_grad():
-            video = reference if run is base else pipe._decode(run["latents"], "np")
+            video = reference if run is base else face.decode(pipe, run["latents"], "np")
         db = psnr(video, reference)
         bound = amdahl_bound(split["fixed_fraction"], blocks_skipped)
         rows.append(dict(

@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 
 from edit import EditWanPipeline, tiny_components
+from edit import diffusers_face as face
+from edit.passes.compiler import compile_plan
 from edit.graph import Cell, Plan, lower, verify
 from edit.runtime import compile_program
 
@@ -34,12 +36,12 @@ SIZE = dict(height=32, width=48, num_frames=9)
 def compile_once(pipe: EditWanPipeline) -> tuple[dict[str, float], object]:
     """The phases of `pipe`'s own compile path, timed separately."""
     spec = pipe.run_spec(STEPS, 5.0)
-    shape = pipe._latent_shape(1, SIZE["num_frames"], SIZE["height"], SIZE["width"])
-    timesteps = pipe._timesteps(STEPS, "cpu")
+    shape = face.latent_shape(pipe, 1, SIZE["num_frames"], SIZE["height"], SIZE["width"])
+    inputs = pipe.plan_inputs(spec, shape, pipe._timesteps(STEPS, "cpu"))
     t0 = time.perf_counter()
     lower(spec)  # timed alone; build_plan lowers again as part of its pipeline run
     t1 = time.perf_counter()
-    plan = pipe.build_plan(spec, pipe._signals(timesteps, shape), pipe._fingerprint(spec, shape))
+    plan, _ = compile_plan(*inputs[:4], extra=inputs[4])
     t2 = time.perf_counter()
     program = compile_program(plan, check=False)
     t3 = time.perf_counter()

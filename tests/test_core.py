@@ -67,9 +67,13 @@ def test_the_same_hooks_give_the_same_trace_and_output_folded_or_not():
         pipe.cache.add_hook("after_unit", lambda ev: seen.__setitem__("after_unit", seen["after_unit"] + 1))
         out = generate(pipe, num_inference_steps=10)
         results.append((out, pipe.cache.stats.trace, {**seen, "after_decision": list(seen["after_decision"])}))
-        if fold:
-            plan = pipe.compile(10, 5.0, **SIZE)
-            assert plan.cell_at(7, "cond", 0).mode == "compute"  # the override is compiled into the plan
+        fired = len(seen["after_decision"])
+        plan = pipe.compile(10, 5.0, **SIZE)
+        # a decision hook keeps the cells decided at run time, where it fires; compiling is pure
+        assert plan.cell_at(7, "cond", 0).mode == "decide" and len(seen["after_decision"]) == fired
+        del pipe.cache.hooks["after_decision"][:]
+        unhooked = pipe.compile(10, 5.0, **SIZE).cell_at(7, "cond", 0).mode
+        assert (unhooked != "decide") == fold  # no hook: folded (when asked)
     (folded, folded_trace, folded_seen), (dynamic, dynamic_trace, dynamic_seen) = results
     assert folded_trace == dynamic_trace and torch.equal(folded, dynamic)
     assert folded_trace[("cond", 0)][7] == "C" and "S" in folded_trace[("cond", 0)]

@@ -54,6 +54,7 @@ def calibrate_teacache(pipe, prompts: str | list[str], *, num_inference_steps: i
     `call_kwargs` go to the pipeline call (height, width, num_frames, guidance_scale, ...). The
     pipeline's cache settings are restored afterwards.
     """
+    from edit.checks import check_int
     from edit.pipeline import EditWanPipeline
 
     if not isinstance(pipe, EditWanPipeline):
@@ -63,9 +64,7 @@ def calibrate_teacache(pipe, prompts: str | list[str], *, num_inference_steps: i
         raise ValueError("prompts: expected a prompt or a non-empty list of prompts")
     if isinstance(degree, bool) or not isinstance(degree, int) or degree < 1:
         raise ValueError(f"degree: expected an int >= 1, got {degree!r}")
-    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 2:
-        raise ValueError(f"num_inference_steps: expected an int >= 2 (samples are step-to-step changes), "
-                         f"got {num_inference_steps!r}")
+    check_int(num_inference_steps, "num_inference_steps", low=2, what=" (samples are step-to-step changes)")
     if not isinstance(use_ret_steps, bool):
         raise TypeError(f"use_ret_steps: expected a bool, got {type(use_ret_steps).__name__}")
     for reserved in ("output_type", "generator", "num_inference_steps", "prompt"):
@@ -89,17 +88,13 @@ def calibrate_teacache(pipe, prompts: str | list[str], *, num_inference_steps: i
             ys.append(relative_l1(residual, prev_residual))
         previous[event.branch] = (signal, residual)
 
-    saved = (pipe.cache, pipe._program_cache, pipe._plan_options)
-    try:
-        cache = pipe.enable_cache(_Record(), fold=False, num_inference_steps=num_inference_steps)
+    with pipe.cache_enabled(_Record(), fold=False, num_inference_steps=num_inference_steps) as cache:
         cache.add_hook("before_unit", before_unit)
         cache.add_hook("after_unit", after_unit)
         for i, prompt in enumerate(prompts):
             previous.clear()
             pipe(prompt, num_inference_steps=num_inference_steps, output_type="latent",
                  generator=torch.Generator("cpu").manual_seed(seed + i), **call_kwargs)
-    finally:
-        pipe.cache, pipe._program_cache, pipe._plan_options = saved
     if len(xs) < degree + 1:
         raise ValueError(f"degree: {degree} needs at least {degree + 1} samples, the runs gave {len(xs)}; "
                          "use more steps or prompts")

@@ -13,8 +13,9 @@ from typing import Any
 
 import torch
 
-from edit.graph import Embed, Head, RunSpec, check_granularity, lower, verify
-from edit.passes import default_pipeline, make_policy
+from edit.graph import Embed, Head, RunSpec, check_granularity
+from edit.passes import make_policy
+from edit.passes.compiler import CacheSettings, ModelInfo, compile_plan
 from edit.runtime import RunState, WanAdapter, compile_program
 from edit.runtime.cache import CacheController
 from edit.runtime.offload import execution_device, forward_hooks
@@ -38,14 +39,16 @@ class _TransformerCache:
     def prepare(self, num_steps: int) -> None:
         if self.program is not None and self.program.graph.spec.num_steps == num_steps:
             return
-        spec = RunSpec(num_steps=num_steps, timesteps=range(num_steps, 0, -1), num_blocks=self.adapter.num_blocks,
-                       generation=self.controller.generation)
-        # The default pipeline, as EditWanPipeline runs it; the timesteps are unknown ahead of the
-        # run here, so fold_static has no decisions to inline and every cell is decided at run time
-        # (with the same decisions a folded plan has).
-        pipeline = default_pipeline(policy=self.controller.policy, **self.options)
-        graph = pipeline(lower(spec))
-        self.program = compile_program(graph if pipeline.debug else verify(graph), check=False)
+        adapter = self.adapter
+        spec = RunSpec(num_steps=num_steps, timesteps=range(num_steps, 0, -1), num_blocks=adapter.num_blocks,
+                       generation=self.controller.generation, model=adapter.model_id)
+        # The compiler EditWanPipeline calls; the timesteps are unknown ahead of the run here, so
+        # nothing is folded and every cell is decided at run time (with the decisions a folded
+        # plan has).
+        info = ModelInfo(adapter.model_id, adapter.num_blocks, {"model": type(adapter.model).__name__})
+        settings = CacheSettings(self.controller.policy, fold=False, **self.options)
+        plan, _ = compile_plan(spec, info, settings, self.controller.costs)
+        self.program = compile_program(plan, check=False)
         self.slices = {}
         for ins in self.program.instrs:
             step, branch = getattr(ins.node, "step", None), getattr(ins.node, "branch", None)
@@ -106,13 +109,15 @@ def apply_cache_on_transformer(transformer: torch.nn.Module, policy: Any = "teac
     same `granularity`, `passes` and `prefetch`); decisions are made at run time (they equal the
     folded ones of `EditWanPipeline`).
     """
+    from edit.checks import check_int
+
     adapter = WanAdapter(transformer)
     if hasattr(transformer, "_edit_cache"):
         remove_cache_from_transformer(transformer)
     policy = make_policy(policy, **policy_kwargs)
     check_granularity(granularity, adapter.num_blocks)
-    if num_inference_steps is not None and (not isinstance(num_inference_steps, int) or num_inference_steps < 1):
-        raise ValueError(f"num_inference_steps: expected an int >= 1 or None, got {num_inference_steps!r}")
+    if num_inference_steps is not None:
+        check_int(num_inference_steps, "num_inference_steps", what=" or None")
     if store is None:
         from edit.runtime.store import GPUStore
         store = GPUStore(device=execution_device(transformer))

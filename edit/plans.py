@@ -1,0 +1,75 @@
+"""Replaying a plan: it runs only under a call it was compiled for, decided by its own policy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from edit.graph import Cell, DECIDE, Graph, Plan, RunSpec
+from edit.passes import ApplyPolicy, Pipeline
+
+
+def _call_fields(spec: RunSpec) -> RunSpec:
+    return attrs.evolve(spec, granularity="stack")  # regroup sets the granularity, the call does not
+
+
+def check_plan(plan: Any, spec: RunSpec, expected: dict[str, Any]) -> None:
+    """Refuse (naming the field) a plan this call cannot run: not a graph, unbound, or compiled for
+    another model, weights, scheduler, dtype, size, steps, timesteps, guidance, generation or window."""
+    if not isinstance(plan, Graph):
+        raise TypeError(f"plan: expected an edit.graph.Plan (from pipe.compile), got {type(plan).__name__}")
+    if plan.spec is None:
+        raise ValueError("plan: the graph has no RunSpec; build it with pipe.compile or edit.graph.lower")
+    if isinstance(plan, Plan):
+        if not plan.bound:
+            raise ValueError("plan: it was loaded with bind=False (for inspection and rendering only); "
+                             "load it bound (Plan.load(path)) to run it")
+        problem = plan.mismatch(expected)
+        if problem:
+            raise ValueError(f"plan: {problem}; compile a plan for this call (pipe.compile)")
+    got, want = _call_fields(plan.spec), _call_fields(spec)
+    for field in attrs.fields(RunSpec):
+        if getattr(got, field.name) != getattr(want, field.name):
+            raise ValueError(f"plan: {field.name}: the plan was compiled for {getattr(got, field.name)!r}, this "
+                             f"call has {getattr(want, field.name)!r}")
+
+
+def plan_policy(plan: Graph) -> Any:
+    """The policy of the plan's `apply_policy` pass, restored from its pipeline text (None if none)."""
+    text = getattr(plan, "pipeline", "") or ""
+    try:
+        pipeline = Pipeline.parse(text)
+    except ValueError as err:
+        raise ValueError(f"plan: its pipeline text does not parse ({err})") from None
+    found = [p.policy for p in pipeline.passes if isinstance(p, ApplyPolicy)]
+    return found[-1] if found else None
+
+
+def run_policy(plan: Graph, cache: Any) -> Any:
+    """The policy that decides a replayed plan's run-time cells: the plan's own (restored from its
+    pipeline text), whatever is enabled; the enabled one only for a plan whose text names none."""
+    if not any(c.mode == DECIDE or c.consult for c in plan.nodes(Cell)):
+        return None
+    own = plan_policy(plan)
+    if own is None or isinstance(own, str):
+        return None if cache is None else cache.policy
+    return own
+
+
+def bind_policy(pipeline: Pipeline, policy: Any) -> Pipeline:
+    """`pipeline` with its `apply_policy` passes deciding with `policy`; a pass that names another
+    policy is refused, naming both."""
+    passes = []
+    for p in pipeline.passes:
+        if isinstance(p, ApplyPolicy):
+            if p.policy != policy and p.policy != getattr(policy, "name", None):
+                raise ValueError(f"pipeline: its apply_policy decides with {_text(p.policy)}, but the enabled policy "
+                                 f"is {_text(policy)}; enable that policy or drop it from the text")
+            p = attrs.evolve(p, policy=policy)
+        passes.append(p)
+    return Pipeline(passes, debug=pipeline.debug)
+
+
+def _text(policy: Any) -> str:
+    return policy if isinstance(policy, str) else getattr(policy, "to_text", policy.describe)()

@@ -76,8 +76,8 @@ class EditWanPipeline(WanPipeline):
             self._adapter = WanAdapter(self.transformer)
         return self._adapter
 
-    def run_spec(self, num_inference_steps: int, guidance_scale: float,
-                 timesteps: torch.Tensor | None = None) -> RunSpec:
+    def run_spec(self, num_inference_steps: int, guidance_scale: float, timesteps: torch.Tensor | None = None,
+                 latent_shape: tuple[int, ...] | None = None) -> RunSpec:
         """The `RunSpec` of a call with these settings (timesteps from the scheduler if not given)."""
         check_int(num_inference_steps, "num_inference_steps")
         if timesteps is None:
@@ -85,7 +85,8 @@ class EditWanPipeline(WanPipeline):
         branches = ("cond", "uncond") if guidance_scale > 1.0 else ("cond",)
         return RunSpec(num_steps=len(timesteps), timesteps=[float(t) for t in timesteps],
                        num_blocks=self.adapter.num_blocks, branches=branches, guidance_scale=guidance_scale,
-                       generation=self.cache.generation if self.cache else 0, model=self.adapter.model_id)
+                       generation=self.cache.generation if self.cache else 0, model=self.adapter.model_id,
+                       latent_shape=latent_shape)
 
     def _timesteps(self, num_inference_steps: int, device) -> torch.Tensor:
         scheduler = copy.deepcopy(self.scheduler)
@@ -165,11 +166,11 @@ class EditWanPipeline(WanPipeline):
                 batch_size: int = 1, num_videos_per_prompt: int = 1) -> Plan:
         """The plan a call with these settings runs, for inspection, editing and replay. No built-in
         pass reads the prompt, so the plan is the same for every prompt."""
-        spec = self.run_spec(num_inference_steps, guidance_scale)
         num_frames, height, width = face.fit_video_size(self, num_frames, height, width)
         if prompt is not None:
             batch_size = 1 if isinstance(prompt, str) else len(prompt)
         shape = face.latent_shape(self, batch_size * num_videos_per_prompt, num_frames, height, width)
+        spec = self.run_spec(num_inference_steps, guidance_scale, latent_shape=shape)
         return self._compile(self.plan_inputs(spec, shape, self._timesteps(num_inference_steps,
                                                                            self._execution_device)))
 
@@ -178,7 +179,7 @@ class EditWanPipeline(WanPipeline):
                      granularity: str | int = "stack", store: Any = None, fold: bool = True,
                      prefetch: int | str | dict | None = "auto", passes: Sequence[Any] = (),
                      pipeline: Pipeline | str | None = None, costs: CostModel | None = None,
-                     **policy_kwargs: Any) -> CacheController:
+                     keep_generations: int | None = None, **policy_kwargs: Any) -> CacheController:
         """Turn on step caching with `policy` (a registered name, a CachePolicy subclass or instance).
 
         Plan settings are the parameters of the passes in `edit.passes.default_pipeline`:
@@ -193,7 +194,10 @@ class EditWanPipeline(WanPipeline):
         stages every read, run-time ones too, k cells ahead; None: no prefetch). `pipeline` (a
         `Pipeline` or its text) replaces the default pipeline; its policy, when it names one,
         must be the one enabled. `store`: where residuals live (default: a GPUStore on the
-        execution device). Returns `pipe.cache`.
+        execution device; one store may serve several pipelines: each cache has its own keys).
+        `keep_generations`: after each run, residuals of generations older than the reuse window
+        in use are dropped; an int k keeps the k most recent generations instead. Returns
+        `pipe.cache`.
         """
         check_enable_cache(store=store, fold=fold)
         policy = make_policy(policy, **policy_kwargs)
@@ -218,7 +222,7 @@ class EditWanPipeline(WanPipeline):
                                  "auto" if isinstance(prefetch, dict) else prefetch)
         if costs is None:
             costs = _measured_costs(store, settings)
-        self.cache = CacheController(policy, store=store, costs=costs)
+        self.cache = CacheController(policy, store=store, costs=costs, keep_generations=keep_generations)
         self._settings, self._enabled_steps, self._program_cache = settings, num_inference_steps, None
         return self.cache
 
@@ -235,10 +239,9 @@ class EditWanPipeline(WanPipeline):
     def disable_cache(self) -> None:
         """Back to the plain no-cache plan (bit-identical to diffusers)."""
         cache, self.cache, self._program_cache, self._settings = self.cache, None, None, None
-        clear = getattr(cache.store, "clear", None) if cache is not None else None
         try:  # the cache is off whatever the store does
-            if callable(clear):
-                clear()
+            if cache is not None:
+                cache.residuals.clear()  # its own entries: another pipeline may share the store
         except Exception as err:
             face.logger.warning(f"disable_cache: the store's clear() failed ({type(err).__name__}: {err}); "
                                 "its entries were left in place")
@@ -303,7 +306,6 @@ class EditWanPipeline(WanPipeline):
                              "by EditWanPipeline; use a single-transformer pipeline")
         device = self._execution_device
         timesteps = self._timesteps(check_int(num_inference_steps, "num_inference_steps"), device)
-        spec = self.run_spec(num_inference_steps, guidance_scale, timesteps)
         num_frames, height, width = face.fit_video_size(self, num_frames, height, width)
 
         self._guidance_scale = guidance_scale
@@ -324,12 +326,13 @@ class EditWanPipeline(WanPipeline):
             check_warm_steps(cache.policy.warm_steps, num_inference_steps)
         shape = tuple(latents.shape) if latents is not None else face.latent_shape(
             self, batch_size * (num_videos_per_prompt or 1), num_frames, height, width)
+        spec = self.run_spec(num_inference_steps, guidance_scale, timesteps, latent_shape=shape)
         program, policy = self._program(spec, plan, timesteps, shape, prefetch=prefetch_reuse)
         if program.has_cells and cache is None:
             raise ValueError("plan: it has cache cells; enable a cache (pipe.enable_cache) to run it")
-        if cache is not None and callable(getattr(cache.store, "prefetch", None)):
+        if cache is not None:
             for key in program.entry_keys:
-                cache.store.prefetch(key)
+                cache.residuals.prefetch(key)
 
         prompt_embeds, negative_prompt_embeds = self.encode_prompt(
             prompt=prompt, negative_prompt=negative_prompt,

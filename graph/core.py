@@ -13,7 +13,8 @@ from typing import Any
 
 import networkx as nx
 
-from edit.graph.nodes import COMPUTE, DATA, EDGE_KINDS, REUSE_MODE, Cell, Node, Unit
+from edit.graph.effects import Effects, cell_effects, latest_key, writes_latest
+from edit.graph.nodes import DATA, EDGE_KINDS, Cell, Node, Unit
 from edit.graph.spec import RunSpec
 
 
@@ -228,32 +229,35 @@ class Graph:
         return group[i - 1] if i > 0 else None
 
     def latest_writer(self, cell: Cell, key: tuple | None = None) -> Cell | None:
-        """The last cell before `cell` that writes `key` (default: the unit's latest-residual key)."""
-        if key is not None and key != cell.key:  # a step key: only its own step writes it
-            if key[1] != cell.generation:
-                return None  # another generation's: written before this run
-            src = self.cell_at(key[-1], cell.branch, cell.unit, cell.model)
-            return src if src is not None and src.step < cell.step else None
+        """The last cell before `cell` of its unit whose compute or hit path writes `key` (default:
+        the unit's latest-residual key), by the cells' declared effects (`edit.graph.effects`)."""
         group = self._cells.get(_cell_group(cell), [])
         i = bisect.bisect_left(group, cell.step, key=lambda c: c.step)
-        for earlier in reversed(group[:i]):
-            if earlier.mode != REUSE_MODE or earlier.window:  # a window reuse stores the residual it applied
-                return earlier
-        return None
+        if key is None or key == latest_key(cell):
+            for earlier in reversed(group[:i]):
+                if writes_latest(earlier):
+                    return earlier
+            return None
+        if len(key) != 7 or key[1] != cell.generation:
+            return None  # another generation's step key: written before this run
+        src = self.cell_at(key[4], cell.branch, cell.unit, cell.model)  # a step key: only its own step writes it
+        if src is None or src.step >= cell.step:
+            return None
+        fx = cell_effects(self, src)
+        return src if key in fx.compute_writes + fx.reuse_writes else None
+
+    def effects(self, cell: Cell) -> Effects:
+        """The keys `cell` reads and writes on each path (`edit.graph.effects.cell_effects`)."""
+        return cell_effects(self, cell)
 
     def read_keys(self, cell: Cell) -> list[tuple]:
         """Every store key the reuse path of `cell` reads (several for a cross-generation window)."""
-        return cell.window_keys if cell.window else [self.read_key(cell)]
+        return list(cell_effects(self, cell).reads)
 
-    def read_key(self, cell: Cell) -> tuple:
-        """The store key the reuse path of `cell` reads (the first, for a window)."""
-        if cell.window:
-            return cell.window_keys[0]
-        if cell.source is not None:
-            src = self.cell_at(cell.source, cell.branch, cell.unit, cell.model)
-            if src is not None and src.pin and src.mode == COMPUTE:
-                return src.pin_key
-        return cell.key
+    def read_key(self, cell: Cell) -> tuple | None:
+        """The store key the reuse path of `cell` reads (the first, for a window; None: it reads none)."""
+        reads = cell_effects(self, cell).reads
+        return reads[0] if reads else None
 
     def units_per_forward(self) -> int:
         """Block groups (units, cells) in one (step, branch) forward: what a policy's context reports."""

@@ -178,12 +178,6 @@ class Probe(_Blocks):
         return f"s{self.step}.{self.branch}.probe"
 
 
-def residual_key(model: str, generation: int, branch: str, unit: int, step: int | None = None) -> tuple:
-    """Store key of a residual: the latest one of a unit, or (with `step`) the one kept for that step."""
-    key = (model, generation, branch, unit)
-    return key if step is None else key + (step,)
-
-
 @attrs.frozen(cache_hash=True)
 class Cell(_Blocks):
     """A cached unit as one region: decide, then compute (run blocks, save) or reuse (load, add).
@@ -216,20 +210,6 @@ class Cell(_Blocks):
         return f"s{self.step}.{self.branch}.u{self.unit}"
 
     @property
-    def window_keys(self) -> list[tuple]:
-        """The step keys a cross-generation reuse reads, one per generation of its window."""
-        return [residual_key(self.model, g, self.branch, self.unit, self.step) for g in self.window]
-
-    @property
-    def key(self) -> tuple:
-        """The key the compute path writes (the unit's latest residual)."""
-        return residual_key(self.model, self.generation, self.branch, self.unit)
-
-    @property
-    def pin_key(self) -> tuple:
-        return residual_key(self.model, self.generation, self.branch, self.unit, self.step)
-
-    @property
     def cell(self) -> tuple[int, str, int]:
         return (self.step, self.branch, self.unit)
 
@@ -246,18 +226,23 @@ class Cell(_Blocks):
         return out + _model_suffix(self.model)
 
     def region(self, graph: Graph) -> list[str]:
+        from edit.graph.effects import cell_effects
+
+        fx = cell_effects(graph, self)
+
+        def keys(found: tuple) -> str:
+            return ", ".join(repr(k) for k in found)
         lines = []
-        if self.mode != REUSE_MODE:
-            save = f"save {self.key!r}" + (f", {self.pin_key!r}" if self.pin else "")
-            lines.append(f"compute: run blocks {self.blocks[0]}:{self.blocks[1]}; {save}")
+        if fx.compute_writes:
+            lines.append(f"compute: run blocks {self.blocks[0]}:{self.blocks[1]}; save {keys(fx.compute_writes)}")
         if self.window:
-            keys = ", ".join(repr(k) for k in self.window_keys)
-            keep = f"; save {self.pin_key!r}" if self.pin else ""
-            lines.append(f"reuse: hidden + mean of the found of load {keys}; none found: run the blocks{keep}")
-        elif self.mode != COMPUTE:
+            lines.append(f"reuse: hidden + mean of the found of load {keys(fx.reads)}; save {keys(fx.reuse_writes)}; "
+                         "none found: run the blocks")
+        elif fx.reads:
             saved = "the latest" if self.source is None else f"saved at s{self.source}"
-            keep = f"; save {self.pin_key!r}" if self.pin and self.mode == REUSE_MODE else ""
-            lines.append(f"reuse: hidden + load {graph.read_key(self)!r} ({saved}); on a miss run the blocks{keep}")
+            keep = f"; save {keys(fx.reuse_writes)}" if fx.reuse_writes else ""
+            lines.append(f"reuse: hidden + load {keys(fx.reads)} ({saved}){keep}; on a miss run the blocks, "
+                         f"save {keys(fx.miss_writes)}")
         return lines
 
     def check(self, graph: Graph) -> str | None:
@@ -308,7 +293,7 @@ class Prefetch(Node):
     @property
     def name(self) -> str:
         # a window read stages one key per generation: a step key of the reader's own step
-        window = len(self.key) == 5 and self.key[4] == self.step
+        window = len(self.key) == 7 and self.key[4] == self.step
         return f"s{self.step}.{self.branch}.u{self.unit}.prefetch" + (f".g{self.key[1]}" if window else "")
 
     def params(self) -> str:
@@ -319,7 +304,7 @@ class Prefetch(Node):
         return (step, self.phase, _branch_rank(branch), unit, self.sub, self.name)
 
     def check(self, graph: Graph) -> str | None:
-        readers = [v for v, keydict in graph.nx._succ[self].items() for d in keydict.values() if d["kind"] == PREFETCH]
+        readers = [v for v, _ in graph.out_edges(self, kind=PREFETCH)]
         if len(readers) != 1 or not isinstance(readers[0], Cell) or readers[0].cell != (self.step, self.branch, self.unit):
             return "a prefetch needs exactly one prefetch edge, to the cell it is named after"
         reader = readers[0]

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edit.graph.core import Graph
+from edit.graph.effects import cell_effects
 from edit.graph.nodes import COMPUTE, DECIDE, REUSE_MODE, Cell
 
 #: Bytes of one element, by the dtype names a fingerprint records.
@@ -69,7 +70,7 @@ class Plan(Graph):
         modes = Counter(c.mode for c in cells)
         static = modes[COMPUTE] + modes[REUSE_MODE]
         residual = self.residual_bytes()
-        keys = {c.key for c in cells} | {c.pin_key for c in cells if c.pin}
+        keys = {k for c in cells for k in cell_effects(self, c).writes}
         writes = modes[COMPUTE] + modes[DECIDE] + sum(c.pin for c in cells)
         out: dict[str, Any] = {
             "nodes": dict(sorted(Counter(type(n).__name__ for n in self.nx.nodes).items())),

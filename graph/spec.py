@@ -65,6 +65,8 @@ class RunSpec:
     granularity: str | int = "stack"
     generation: int = 0
     model: str = DEFAULT_MODEL
+    latent_shape: tuple[int, ...] | None = attrs.field(default=None, converter=lambda s: None if s is None
+                                                       else tuple(int(d) for d in s))
 
     def __attrs_post_init__(self) -> None:
         if len(self.timesteps) != self.num_steps:

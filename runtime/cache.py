@@ -12,6 +12,7 @@ import torch
 
 from edit.graph import DECIDE, Cell
 from edit.passes.compiler import CostModel
+from edit.runtime.store.namespace import Namespace
 from edit.passes.policy import CacheContext, CachePolicy, PolicyState, decide, make_context, policy_state
 
 HOOK_EVENTS = ("before_unit", "after_decision", "after_unit")
@@ -174,9 +175,15 @@ class CacheController:
     parameters of the passes in the plan's pipeline (`pipe.cache_pipeline`).
     """
 
-    def __init__(self, policy: CachePolicy | None, *, store: Any, costs: CostModel | None = None):
+    def __init__(self, policy: CachePolicy | None, *, store: Any, costs: CostModel | None = None,
+                 keep_generations: int | None = None):
         self.policy = policy
-        self.store = store
+        self.store = store  # the store as given; this controller's entries live in `residuals`
+        self.residuals = Namespace(store)  # its own namespace: a store shared by two pipelines is safe
+        if keep_generations is not None and (isinstance(keep_generations, bool) or
+                                             not isinstance(keep_generations, int) or keep_generations < 1):
+            raise ValueError(f"keep_generations: expected None or an int >= 1, got {keep_generations!r}")
+        self.keep_generations = keep_generations
         self.generation = 0
         self.reuse_window: tuple[int, ...] = ()
         self._generation_set = False
@@ -238,7 +245,7 @@ class CacheController:
         self.states.clear()
         self.stats = CacheStats(self.store)
         if clear_store and self.store is not None:
-            self.store.clear()
+            self.residuals.clear()
 
     # -- runtime side -------------------------------------------------------------------------
     def begin_run(self, num_steps: int, num_units: int, reset: bool = True, policy: CachePolicy | None = None) -> None:
@@ -255,6 +262,28 @@ class CacheController:
 
     def end_run(self) -> None:
         self.stats.freeze_store()
+        self.drop_old_generations()
+
+    def kept_generations(self, generations: Any) -> set[int]:
+        """Which of `generations` a later run can still read: the current one and those of the reuse
+        window in use, and every one since the window's oldest; with `keep_generations=k`, the k
+        most recent (and the window's)."""
+        current, window = self.generation, set(self.reuse_window)
+        if self.keep_generations is not None:
+            recent = sorted({g for g in generations if g <= current} | {current})[-self.keep_generations:]
+            return set(recent) | window
+        oldest = min(window | {current})
+        return {g for g in generations if oldest <= g <= current} | {current}
+
+    def drop_old_generations(self) -> int:
+        """Drop this controller's residuals of generations no window can read any more (so a long
+        video's store stays bounded); returns how many entries went."""
+        keys = [k for k in self.residuals.keys() if len(k) >= 2 and isinstance(k[1], int)]
+        keep = self.kept_generations({k[1] for k in keys})
+        dropped = [k for k in keys if k[1] not in keep]
+        for key in dropped:
+            self.residuals.drop(key)
+        return len(dropped)
 
     def context(self, cell: Cell, *, hidden: Any = None, signals: dict[str, Any] | None = None,
                 encoder_hidden: Any = None, probe: Any = None) -> CacheContext:

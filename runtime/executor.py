@@ -15,7 +15,7 @@ from typing import Any
 
 import attrs
 
-from edit.graph import Cell, Graph, Input, Node, Output, Prefetch, Unit, Update, verify
+from edit.graph import Cell, Effects, Graph, Input, Node, Output, Prefetch, Unit, Update, verify
 from edit.graph.text import node_line
 from edit.passes.base import paused_gc
 
@@ -61,8 +61,8 @@ class Instr:
 class Program:
     """A compiled plan: instructions in execution order over `num_slots` value slots.
 
-    `read_keys` maps each cell to the store keys its reuse path reads; `num_units` is the number of
-    units of one forward (what a policy's context reports).
+    `effects` maps each cell to the keys its paths read and write (`edit.graph.effects`);
+    `num_units` is the number of units of one forward (what a policy's context reports).
     """
 
     graph: Graph = attrs.field(eq=False, repr=False)
@@ -70,7 +70,7 @@ class Program:
     num_slots: int
     input_slots: dict[str, int]
     output_slot: int
-    read_keys: dict[Cell, list] = attrs.field(eq=False, repr=False, factory=dict)
+    effects: dict[Cell, Effects] = attrs.field(eq=False, repr=False, factory=dict)
     num_units: int = 0
     entry_keys: tuple = ()  # keys prefetched at the first cell: the caller may issue them before the run
 
@@ -79,7 +79,7 @@ class Program:
 
     @property
     def has_cells(self) -> bool:
-        return bool(self.read_keys)
+        return bool(self.effects)
 
     def run(self, state: Any) -> Any:
         """Execute on `state` (kernels' environment; see `RunState`); return the output value.
@@ -93,7 +93,7 @@ class Program:
 
     def execute(self, state: Any, instrs: tuple[Instr, ...], slots: list[Any]) -> int | None:
         """Run `instrs` over `slots`; returns the output slot of the Update that stopped the run, if any."""
-        state.read_keys = self.read_keys
+        state.effects = self.effects
         enter = getattr(state, "enter_context", None)
         active: tuple[int, str] | None = None
         with contextlib.ExitStack() as outer:
@@ -159,16 +159,16 @@ def _compile(graph: Graph, check: bool) -> Program:
         if slot_of[node] not in last_use and not isinstance(node, (Output, Update)):
             frees.setdefault(pos, []).append(slot_of[node])
     instrs = []
-    read_keys = {}
+    effects = {}
     for pos, node in enumerate(order):
         args = tuple(sorted((port, slot_of[p], sel) for port, (p, sel) in inputs[node].items()))
         branch = getattr(node, "branch", None)
         context = (node.step, branch) if branch is not None else None
         instrs.append(Instr(node, kernel_for(node), args, slot_of[node], tuple(sorted(frees.get(pos, ()))), context))
         if isinstance(node, Cell):
-            read_keys[node] = graph.read_keys(node)
+            effects[node] = graph.effects(node)
     input_slots = {n.value: slot_of[n] for n in order if isinstance(n, Input)}
     first = next(((n.step, n.branch, n.unit) for n in order if isinstance(n, (Unit, Cell))), None)
     entry = tuple(n.key for n in order if isinstance(n, Prefetch) and n.issue == first)
-    return Program(graph, tuple(instrs), len(order), input_slots, slot_of[outputs[0]], read_keys,
+    return Program(graph, tuple(instrs), len(order), input_slots, slot_of[outputs[0]], effects,
                    graph.units_per_forward(), entry)

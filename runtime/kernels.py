@@ -7,7 +7,7 @@ import time
 import attrs
 import torch
 
-from edit.graph import COMPUTE, DECIDE, Cell, Embed, Guide, Head, Input, Output, Prefetch, Probe, Unit, Update
+from edit.graph import COMPUTE, DECIDE, Cell, cell_effects, Embed, Guide, Head, Input, Output, Prefetch, Probe, Unit, Update
 from edit.runtime.executor import register_kernel
 from edit.runtime.state import RunState
 
@@ -65,7 +65,7 @@ def run_probe(state: RunState, node: Probe, hidden: torch.Tensor, ctx) -> ProbeO
 
 @register_kernel(Prefetch)
 def run_prefetch(state: RunState, node: Prefetch) -> None:
-    prefetch = getattr(state.cache_for(node).store, "prefetch", None)
+    prefetch = getattr(state.cache_for(node).residuals, "prefetch", None)
     if prefetch is not None:  # a store with only put/get has nothing to stage
         prefetch(node.key)
 
@@ -76,7 +76,7 @@ def _load(cache, keys: list[tuple], hidden: torch.Tensor) -> torch.Tensor | None
     start = time.perf_counter()
     found = []
     for key in keys:
-        value = cache.store.get(key)
+        value = cache.residuals.get(key)
         if value is not None and value.shape == hidden.shape:
             found.append(value.to(hidden.device))
     cache.stats.get_seconds += time.perf_counter() - start
@@ -104,32 +104,28 @@ def run_cell(state: RunState, node: Cell, hidden: torch.Tensor, ctx, probe: torc
         compute = cache.decide(node, context)
     else:
         compute = node.mode == COMPUTE
-    store = cache.store
+    store = cache.residuals
+    fx = state.effects.get(node) or cell_effects(None, node)
     if compute:
         out = adapter.run_blocks(node.blocks[0], node.blocks[1], hidden, ctx)
         residual = out - hidden
-        store.put(node.key, residual)
-        if node.pin:
-            store.put(node.pin_key, residual)
+        saves = fx.compute_writes
     else:
-        keys = state.read_keys.get(node) or [node.key]
-        residual = _load(cache, keys, hidden)
+        residual = _load(cache, fx.reads, hidden)
         if residual is None:
-            # a miss (evicted, corrupted, another shape; nothing kept by the window): recompute, so
-            # the unit is still exact
+            # a miss (evicted, corrupted, another shape or timestep; nothing kept by the window):
+            # recompute, so the unit is still exact
             out = adapter.run_blocks(node.blocks[0], node.blocks[1], hidden, ctx)
             residual = out - hidden
-            if not node.window:
-                store.put(keys[0], residual)
+            saves = fx.miss_writes
             cache.stats.recomputed += 1
             cache.stats.recomputed_cells.append(node.cell)
         else:
             out = hidden + residual
-        if node.window:  # what was applied is this unit's residual now, for the steps that reuse it
-            store.put(node.key, residual)
-        if node.pin:  # kept for a later read of this step (a reroute, or a later generation)
-            store.put(node.pin_key, residual)
-        del residual
+            saves = fx.reuse_writes
+    for key in saves:
+        store.put(key, residual)
+    del residual
     cache.stats.record(node.branch, node.unit, compute)
     if hooks["after_unit"]:
         replaced = cache.fire("after_unit", node, output=out, compute=compute, ctx=context)

@@ -43,7 +43,7 @@ class RunState:
     current_step: int = -1
     adapters: dict[str, Any] = attrs.Factory(dict)  # other model ids -> their adapters
     branch_contexts: bool = True  # run each branch inside the model's cache context (diffusers' hooks)
-    read_keys: dict[Any, tuple] = attrs.Factory(dict)  # set by the program: cell -> key its reuse reads
+    effects: dict[Any, Any] = attrs.Factory(dict)  # set by the program: cell -> the keys it reads and writes
 
     def adapter_for(self, model: str) -> Any:
         if model == DEFAULT_MODEL:

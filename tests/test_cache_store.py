@@ -122,7 +122,7 @@ def test_corrupted_disk_residual_is_recomputed_and_the_rest_reused(tmp_path, unc
 
     pipe, out = cached_run(policy, granularity, store, fold=False, callback_on_step_end=corrupt)
     assert len(damaged) == 1
-    _, _, branch, unit = damaged[0]
+    _, _, _, branch, unit = damaged[0]  # (owner, model, generation, branch, unit)
     assert pipe.cache.stats.recomputed == 1 and pipe.cache.stats.trace == trace
     assert store.stats.tiers[2].lost == 1 and disk.stats.errors == 1 and store.stats.misses == 1
     assert len(store) == len(trace) and damaged[0] in store  # the recompute stored a fresh residual
@@ -148,12 +148,14 @@ def test_store_stats_appear_in_cache_stats(tmp_path):
     assert [t["name"] for t in first["tiers"]] == ["0:GPUStore", "1:CPUStore", "2:DiskStore"]
     assert first["tiers"][2]["entries"] == 0  # one generation's two residuals fit the upper tiers
 
+    pipe.cache.keep_generations = 2  # keep generation 0 after generation 1 runs
     pipe.cache.set_generation(1)  # fresh keys: generation 0's residuals are now the least recent
     generate(pipe, num_inference_steps=STEPS)
     stats = pipe.cache.stats
     snap = stats.store
     assert snap == store.stats.as_dict() and snap["puts"] > first["puts"] and snap["hits"] > first["hits"]
-    assert sorted(store.stores[2].keys()) == [("transformer", 0, "cond", 0), ("transformer", 0, "uncond", 0)]
+    owner = pipe.cache.residuals.owner  # every key is in the cache's own namespace
+    assert sorted(store.stores[2].keys()) == [(owner, "transformer", 0, "cond", 0), (owner, "transformer", 0, "uncond", 0)]
     for tier, inner in zip(snap["tiers"], store.stores):
         assert (tier["nbytes"], tier["entries"]) == (inner.nbytes, len(inner)) == (inner.stats.nbytes,
                                                                                 inner.stats.entries)

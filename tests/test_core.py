@@ -348,12 +348,14 @@ def test_verify_rejects_malformed_plans_naming_the_node(make, match):
 
 
 def test_editing_api_keeps_graphs_valid_or_names_the_node():
-    from edit.graph import GraphError, Prefetch
+    from edit.graph import GraphError, Prefetch, step_key
     from edit.passes import dce, insert_prefetch, remove_prefetch, reroute_reuse
     g = _static()
     rerouted = verify(reroute_reuse(g, (3, "cond", 1), 0))  # past the newer write at s2: s0 gets pinned
     assert rerouted.node("s0.cond.u1").pin and rerouted.node("s3.cond.u1").source == 0
-    assert rerouted.read_key(rerouted.node("s3.cond.u1")) == ("transformer", 0, "cond", 1, 0)
+    reader = rerouted.node("s3.cond.u1")
+    assert rerouted.read_key(reader) == step_key(rerouted, reader, 0, 0) == ("transformer", 0, "cond", 1, 0,
+                                                                              rerouted.spec.timesteps[0], None)
     assert not g.node("s0.cond.u1").pin  # the input graph is left as it was
     with pytest.raises(GraphError, match=r"%s3\.cond\.u1: source=s1: %s1\.cond\.u1 is in mode reuse"):
         reroute_reuse(g, (3, "cond", 1), 1)

@@ -58,8 +58,9 @@ def test_plans_show_cross_generation_reuse_and_segment_0_computes_its_warm_steps
     rows = later.summary().splitlines()
     assert rows[1].split()[1:] == ["RR", "RR"] and rows[2].split()[1:] == ["RR", "RR"] and "R" not in "".join(rows[3:])
     cell = later.cell_at(0, "cond", 1)
-    assert cell.window == (1, 2) and later.read_keys(cell) == [("transformer", 1, "cond", 1, 0),
-                                                              ("transformer", 2, "cond", 1, 0)]
+    t0, shape = later.spec.timesteps[0], "1x16x3x4x6"  # a kept residual says its timestep and latent shape
+    assert cell.window == (1, 2) and later.read_keys(cell) == [("transformer", 1, "cond", 1, 0, t0, shape),
+                                                              ("transformer", 2, "cond", 1, 0, t0, shape)]
     assert "mode=reuse pin window=[1, 2]" in later.to_text()
 
 
@@ -69,11 +70,13 @@ def test_warm_steps_add_exactly_the_mean_of_the_windows_kept_residuals():
     store = GPUStore()
     pipe = long_pipe(store)
     run_segments(pipe, 2)
+    plan = pipe._program_cache[1].graph
     expected = {}
     for branch in ("cond", "uncond"):
         for unit in (0, 1):
             for step in (0, 1):
-                kept = [store.get(("transformer", g, branch, unit, step)) for g in (0, 1)]
+                kept = [pipe.cache.residuals.get(("transformer", g, branch, unit, step, plan.spec.timesteps[step],
+                                                  "1x16x3x4x6")) for g in (0, 1)]
                 assert all(k is not None for k in kept)
                 expected[(step, branch, unit)] = torch.stack(kept).mean(dim=0)
     seen = {}

@@ -156,7 +156,7 @@ def remove_cache_from_transformer(transformer: torch.nn.Module) -> None:
     if controller is None:
         raise ValueError("transformer: no cache applied (apply_cache_on_transformer was not called on it)")
     if controller.store is not None:
-        controller.store.clear()
+        controller.residuals.clear()
     saved = transformer.__dict__.get("_edit_saved", {})
     for name in _PATCHED:
         transformer.__dict__.pop(name, None)

@@ -161,7 +161,7 @@ def test_a_bare_policy_name_is_the_policy_with_its_defaults():
 
 
 @pytest.mark.parametrize("text, match", [
-    ("apply_policy(policy=nope)", "apply_policy: policy: unknown policy 'nope'; registered: .*fbcache, none"),
+    ("apply_policy(policy=nope)", "apply_policy: policy: unknown policy 'nope'; registered: .*fbcache.*, none"),
     ("apply_policy(policy=nope(x=1))", "apply_policy: policy: unknown policy 'nope'"),
     ("apply_policy(policy=fbcache(foo=1))",
      r"apply_policy: policy: fbcache has no argument 'foo' \(arguments: rel_l1_thresh, warmup_steps\)"),

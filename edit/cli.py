@@ -145,8 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 # -- checks that need no weights ---------------------------------------------------------------
 
-def check_flags(args: argparse.Namespace) -> None:
-    if args.cache is None:
+def check_flags(args: argparse.Namespace, planned: bool = False) -> None:
+    """Flags that contradict each other. `planned`: a saved plan gives the policy (then
+    `--threshold`/`--wan-variant` need no `--cache`; `saved_policy` checks them against it)."""
+    if args.cache is None and not planned:
         for flag in ("threshold", "wan_variant") + (() if args.passes else ("granularity",)):
             if getattr(args, flag) is not None:
                 raise CliError(f"--{flag.replace('_', '-')}: needs --cache POLICY")
@@ -296,37 +298,48 @@ def load_pipeline(model: str, folder: Path | None):
         raise CliError(f"--model: cannot load {model!r}: {first}") from None
 
 
-def enable_cache(pipe, args: argparse.Namespace, plan=None) -> None:
-    from edit.graph import Cell
-
-    policy = args.cache
-    if policy is None and plan is not None and plan.find(Cell):
-        policy = plan_policy(plan)  # a saved plan with cells runs under the policy that made it
-    if policy is None and args.passes:
-        policy = "none"
+def enable_cache(pipe, args: argparse.Namespace, policy=None) -> None:
+    """Enable the cache the flags ask for; `policy` (from `saved_policy`) overrides them."""
+    if policy is None:
+        policy = args.cache or ("none" if args.passes else None)
     if policy is None:
         return
     granularity = args.granularity or "stack"
     if granularity.lstrip("-").isdigit():
         granularity = int(granularity)
     kwargs = {}
-    if args.threshold is not None:
-        kwargs["rel_l1_thresh"] = args.threshold
-    if args.wan_variant is not None:
-        kwargs["wan_variant"] = args.wan_variant
+    if isinstance(policy, str):  # the plan's policy has its arguments already (checked against the flags)
+        if args.threshold is not None:
+            kwargs["rel_l1_thresh"] = args.threshold
+        if args.wan_variant is not None:
+            kwargs["wan_variant"] = args.wan_variant
     try:
         pipe.enable_cache(policy, num_inference_steps=args.steps, granularity=granularity,
                           passes=getattr(args, "passes_parsed", ()), **kwargs)
     except (TypeError, ValueError) as err:
-        raise CliError(policy_error(policy, err)) from None
+        raise CliError(policy_error(getattr(policy, "name", policy), err)) from None
 
 
-def plan_policy(plan) -> str:
-    """The policy named by the plan's `apply_policy(policy=...)` pass, else `none`."""
-    import re
+def saved_policy(args: argparse.Namespace, plan):
+    """The policy a `--plan-file` plan with cells decides them with, with all its arguments (the
+    library reads it from the plan's pipeline text; `none` when the text applies none), or None
+    without such a plan. A policy flag that says otherwise is refused: the plan decides."""
+    from edit.graph import Cell
+    from edit.passes import make_policy, plan_policy
 
-    found = re.search(r"apply_policy\(policy=([A-Za-z0-9_.-]+)\)", plan.pipeline or "")
-    return found.group(1) if found else "none"
+    if plan is None or not plan.find(Cell):
+        return None
+    try:
+        policy = plan_policy(plan) or make_policy("none")
+    except (TypeError, ValueError) as err:
+        raise CliError(f"--plan-file: {str(err).removeprefix('text: ')}") from None
+    params = policy.params()
+    for flag, given, planned in (("--cache", args.cache, policy.name),
+                                 ("--threshold", args.threshold, params.get("rel_l1_thresh")),
+                                 ("--wan-variant", args.wan_variant, params.get("wan_variant"))):
+        if given is not None and given != planned:
+            raise CliError(f"{flag}: the plan decides with {policy.to_text()}; drop {flag} or compile another plan")
+    return policy
 
 
 def load_plan_file(value: str | None):
@@ -365,10 +378,11 @@ def say(text: str = "") -> None:
 def generate(args: argparse.Namespace) -> int:
     from edit._output import write_plan, write_video
 
-    check_flags(args)
+    saved_plan = load_plan_file(args.plan_file)
+    saved = saved_policy(args, saved_plan)  # a saved plan with cells runs under the policy that made it
+    check_flags(args, planned=saved is not None)
     out, plan_path = check_outputs(args)
     render_path = check_drawing(args, "--render", args.render)
-    saved_plan = load_plan_file(args.plan_file)
     folder, height, width, known = check_model_and_size(args)
 
     start = time.perf_counter()
@@ -378,7 +392,7 @@ def generate(args: argparse.Namespace) -> int:
 
         weights = sum(p.numel() * p.element_size() for p in pipe.transformer.parameters())
         check_request(args, ModelLimits.from_pipeline(pipe), weights, height, width)
-    enable_cache(pipe, args, saved_plan)
+    enable_cache(pipe, args, saved)
     loaded = time.perf_counter() - start
     say(f"loaded {args.model} in {loaded:.2f} s")
 

@@ -4,7 +4,7 @@ A pass is pure: it returns a new graph, or the same object when nothing changed.
 package loads neither torch nor diffusers.
 """
 
-from edit.passes.apply_policy import apply_policy
+from edit.passes.apply_policy import apply_policy, pipeline_policy, plan_policy
 from edit.passes.base import PASSES, Pass, PassRecord, Pipeline, bound, pass_text, register_pass
 from edit.passes.builtin import (ApplyPolicy, Dce, FoldStatic, Regroup, SchedulePrefetch, SetCells, WarmStart,
                                  default_pipeline)
@@ -18,9 +18,10 @@ from edit.passes.prefetch import cost_lead, prefetch_lead, schedule_prefetch
 from edit.passes.warm_start import check_warm_steps, warm_start
 from edit.passes.regroup import regroup
 
-__all__ = ["PASSES", "REGISTRY", "ApplyPolicy", "CacheContext", "CachePolicy", "Dce", "FoldStatic", "Pass",
-           "PassRecord", "Pipeline", "PolicyState", "Regroup", "SchedulePrefetch", "SetCells", "WarmStart", "apply_policy", "bound",
-           "cells_from_units", "check_threshold", "check_warm_steps", "cost_lead", "dce", "default_pipeline", "fold_static", "insert_prefetch",
-           "make_policy", "pass_text", "policy_class", "prefetch_lead", "register_pass", "register_policy", "regroup",
+__all__ = ["ApplyPolicy", "CacheContext", "CachePolicy", "Dce", "FoldStatic", "PASSES", "Pass", "PassRecord",
+           "Pipeline", "PolicyState", "REGISTRY", "Regroup", "SchedulePrefetch", "SetCells", "WarmStart",
+           "apply_policy", "bound", "cells_from_units", "check_threshold", "check_warm_steps", "cost_lead", "dce",
+           "default_pipeline", "fold_static", "insert_prefetch", "make_policy", "pass_text", "pipeline_policy",
+           "plan_policy", "policy_class", "prefetch_lead", "register_pass", "register_policy", "regroup",
            "relative_l1", "remove_prefetch", "replace_all_uses_with", "reroute_reuse", "schedule_prefetch",
            "select_cells", "set_cells", "set_window", "skip_schedule", "warm_start"]

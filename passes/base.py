@@ -2,12 +2,13 @@
 
 A pass is a frozen attrs record with a `name` and its parameters as fields, called as
 `pass_(graph) -> graph` (as xDSL's `ModulePass`); a plain function `Graph -> Graph` is a pass too.
-A `Pipeline` has a textual form that parses back:
+A `Pipeline` has a textual form that parses back to equal passes — a policy prints with all its
+arguments, so the text of a plan is lossless:
 
 >>> from edit.passes import Pipeline
->>> p = Pipeline.parse("regroup(granularity=2),apply_policy(policy=fbcache),schedule_prefetch(lead=2)")
+>>> p = Pipeline.parse("regroup(granularity=2),apply_policy(policy=fbcache(rel_l1_thresh=0.3)),dce")
 >>> str(p)
-'regroup(granularity=2),apply_policy(policy=fbcache),schedule_prefetch(lead=2)'
+'regroup(granularity=2),apply_policy(policy=fbcache(rel_l1_thresh=0.3, warmup_steps=0)),dce'
 >>> Pipeline.parse(str(p)) == p
 True
 """
@@ -168,10 +169,12 @@ class Pipeline:
 
     @classmethod
     def parse(cls, text: str, *, debug: bool | None = None, **bindings: Any) -> Pipeline:
-        """A pipeline from its text, e.g. `"regroup(granularity=2),apply_policy(policy=teacache)"`.
+        """A pipeline from its text, e.g. `"regroup(granularity=2),apply_policy(policy=fbcache(rel_l1_thresh=0.3))"`.
 
-        Arguments are Python literals; a bare word is a string. `bindings` supply the fields that
-        text cannot carry (a policy instance, `decisions=`), to every pass that has that field.
+        Arguments are Python literals; a bare word is a string. A policy is a registered name
+        (its defaults) or a call of it with literal keyword arguments. `bindings` supply the fields
+        that text cannot carry (`decisions=`), to every pass that has that field; a `policy=`
+        binding replaces the policy the text names (the caller's policy is the one that decides).
         """
         if not isinstance(text, str):
             raise TypeError(f"text: expected a pipeline string, got {type(text).__name__}")
@@ -213,13 +216,23 @@ def _literal(node: ast.expr, where: str) -> Any:
         raise ValueError(f"text: {where}: expected a literal value, got {ast.unparse(node)!r}") from None
 
 
+def _value(field: attrs.Attribute, node: ast.expr, name: str) -> Any:
+    """One argument's value: a field with a `parse` hook (apply_policy's policy, which may be a
+    call) reads the expression itself; every other field takes a literal."""
+    hook = field.metadata.get("parse")
+    if hook is None:
+        return _literal(node, f"{name}({field.name}=...)")
+    try:
+        return hook(node)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"text: {name}: {err}") from None
+
+
 def _parse_one(item: ast.expr, bindings: dict[str, Any]) -> Any:
     if isinstance(item, ast.Name):
-        name, args, kwargs = item.id, [], {}
+        name, args, keywords = item.id, [], []
     elif isinstance(item, ast.Call) and isinstance(item.func, ast.Name):
-        name = item.func.id
-        args = [_literal(a, name) for a in item.args]
-        kwargs = {k.arg: _literal(k.value, f"{name}({k.arg}=...)") for k in item.keywords}
+        name, args, keywords = item.func.id, item.args, item.keywords
     else:
         raise ValueError(f"text: expected a pass name or name(arg=value, ...), got {ast.unparse(item)!r}")
     from edit.passes import builtin  # noqa: F401  (registers the built-in passes)
@@ -228,18 +241,28 @@ def _parse_one(item: ast.expr, bindings: dict[str, Any]) -> Any:
         raise ValueError(f"text: unknown pass {name!r}; registered: {', '.join(sorted(PASSES))}")
     obj = PASSES[name]
     if not isinstance(obj, type):
-        if args or kwargs:
+        if args or keywords:
             raise ValueError(f"text: {name} is a function pass and takes no arguments")
         return obj
     fields = {f.name: f for f in attrs.fields(obj)}
-    for key in kwargs:
-        if key not in fields or fields[key].metadata.get("bind") and fields[key].metadata.get("text", 0) is None:
-            raise ValueError(f"text: {name} has no parameter {key!r} (parameters: "
-                             f"{', '.join(f for f in fields if not fields[f].metadata.get('bind'))})")
-    for key, value in bindings.items():
-        if key in fields and fields[key].metadata.get("bind"):
-            kwargs[key] = value
+    parsed = {f.name: f for f in fields.values()  # what text may give: not the bound-only fields
+              if f.init and not (f.metadata.get("bind") and f.metadata.get("text", 0) is None)}
+    if len(args) > len(parsed):
+        raise ValueError(f"text: {name} takes at most {len(parsed)} positional arguments, got {len(args)}")
+    nodes: dict[str, ast.expr] = {}
+    for key, node in list(zip(parsed, args)) + [(k.arg, k.value) for k in keywords]:
+        if key is None:
+            raise ValueError(f"text: {name}: **{ast.unparse(node)} is not allowed; write {name}(arg=value, ...)")
+        if key not in parsed:
+            raise ValueError(f"text: {name} has no parameter {key!r} (parameters: {', '.join(parsed) or 'none'})")
+        if key in nodes:
+            raise ValueError(f"text: {name}: parameter {key!r} is given twice")
+        nodes[key] = node
+    supplied = {k: v for k, v in bindings.items() if k in fields and fields[k].metadata.get("bind")}
+    # a binding decides its field: what the text says there is not read (as before policies printed in full)
+    kwargs = {k: _value(parsed[k], node, name) for k, node in nodes.items() if k not in supplied}
+    kwargs.update(supplied)
     try:
-        return obj(*args, **kwargs)
+        return obj(**{getattr(fields[k], "alias", None) or k: v for k, v in kwargs.items()})
     except (TypeError, ValueError) as err:
         raise ValueError(f"text: {name}: {err}") from None

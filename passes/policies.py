@@ -1,11 +1,14 @@
-"""Built-in cache policies: `teacache`, `fbcache`, `none` (exact algorithms: shared/REFERENCE.md)."""
+"""Built-in cache policies: `teacache`, `warmstart_reuse`, `fbcache`, `none` (exact algorithms:
+shared/REFERENCE.md). Each reports its resolved arguments as `params()`, so it prints losslessly."""
 
 from __future__ import annotations
 
 import math
 import numbers
+from typing import Any
 
-from edit.passes.policy import CacheContext, CachePolicy, PolicyState, check_threshold, register_policy, relative_l1
+from edit.passes.policy import (CacheContext, CachePolicy, PolicyState, check_threshold, register_policy, relative_l1,
+                                resolved)
 
 #: TeaCache4Wan2.1 rescaling polynomials (highest degree first): variant -> {use_ret_steps: coefficients}.
 TEACACHE_COEFFICIENTS: dict[str, dict[bool, tuple[float, ...]]] = {
@@ -99,8 +102,10 @@ class TeaCache(CachePolicy):
         s["acc"] = 0.0
         return True
 
-    def describe(self) -> str:
-        return f"teacache(rel_l1_thresh={self.rel_l1_thresh}, {self.wan_variant}, use_ret_steps={self.use_ret_steps})"
+    def params(self) -> dict[str, Any]:
+        # the coefficients as used, so a plan keeps them even if the table above changes
+        return resolved({"rel_l1_thresh": self.rel_l1_thresh, "wan_variant": self.wan_variant,
+                         "coefficients": self.coefficients, "use_ret_steps": self.use_ret_steps}, super().params())
 
 
 @register_policy("warmstart_reuse")
@@ -115,8 +120,8 @@ class WarmstartReuse(TeaCache):
         self.warm_steps = check_warm_steps(warm_steps)
         super().__init__(**teacache_kwargs)
 
-    def describe(self) -> str:
-        return f"warmstart_reuse(warm_steps={self.warm_steps}, {super().describe()})"
+    def params(self) -> dict[str, Any]:
+        return resolved({"warm_steps": self.warm_steps}, super().params())
 
 
 @register_policy("fbcache")
@@ -144,8 +149,8 @@ class FirstBlockCache(CachePolicy):
             s["prev_r0"] = r0  # the reference moves on misses only
         return not hit
 
-    def describe(self) -> str:
-        return f"fbcache(rel_l1_thresh={self.rel_l1_thresh}, warmup_steps={self.warmup_steps})"
+    def params(self) -> dict[str, Any]:
+        return resolved({"rel_l1_thresh": self.rel_l1_thresh, "warmup_steps": self.warmup_steps}, super().params())
 
 
 def _check_coefficients(coefficients) -> tuple[float, ...]:

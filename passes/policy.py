@@ -5,8 +5,10 @@ It lives in `edit.passes` because passes bind and fold policies; users import it
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import contextvars
+import inspect
 import math
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -126,11 +128,34 @@ class CachePolicy:
     `needs_first_block_probe`: block 0 always runs and `ctx.first_block_residual` is provided.
     `static_signal`: decisions depend only on the step and `e`/`e0` (functions of the timestep and
     the weights), so `fold_static` can evaluate them at compile time.
+
+    A policy is a value: `params()` is every argument it was built with (by default the arguments
+    its constructor was called with, defaults included — captured in `__new__`, so a subclass needs
+    no code for it; override `params()` to report resolved values), it compares and hashes by its
+    class and params, and `to_text()` writes it as `name(arg=value, ...)`, which `Pipeline.parse`
+    builds back. That text is what a plan records, so it must not lie: `to_text()` raises
+    ValueError, naming the policy and the argument, when an argument is not a Python literal (a
+    lambda, a tensor) — wherever the pipeline is printed, which every compile does. A class not
+    registered under its `name` prints as its class name, which parses back only once registered.
+
+    >>> from edit.passes import make_policy
+    >>> policy = make_policy("fbcache", rel_l1_thresh=0.3)
+    >>> policy.to_text()
+    'fbcache(rel_l1_thresh=0.3, warmup_steps=0)'
+    >>> policy == make_policy("fbcache", rel_l1_thresh=0.3, warmup_steps=0)
+    True
     """
 
     name: ClassVar[str] = "custom"
     needs_first_block_probe: ClassVar[bool] = False
     static_signal: ClassVar[bool] = False
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> CachePolicy:
+        if cls.__init__ is object.__init__ and (args or kwargs):  # object.__init__ would not say so
+            raise TypeError(f"{cls.__name__}() takes no arguments")
+        policy = super().__new__(cls)
+        policy._called_with = (args, kwargs)  # what params() reports; copies and pickles keep it
+        return policy
 
     def reset(self, state: PolicyState) -> None:
         """Called at the start of every run for each (branch, unit) state."""
@@ -139,8 +164,96 @@ class CachePolicy:
         """True to run the unit, False to reuse its stored residual."""
         raise NotImplementedError  # abstract
 
+    def params(self) -> dict[str, Any]:
+        """Every constructor argument by name: as called, with the defaults of the ones left out."""
+        args, kwargs = getattr(self, "_called_with", ((), {}))
+        return called_arguments(type(self), args, kwargs)
+
+    def to_text(self) -> str:
+        """`name(arg=value, ...)` (a bare name without params): parsed back by `Pipeline.parse`."""
+        name = text_name(type(self))
+        args = [f"{key}={literal_text(value, f'policy {name}: {key}')}" for key, value in self.params().items()]
+        return f"{name}({', '.join(args)})" if args else name
+
     def describe(self) -> str:
-        return self.name
+        return self.to_text()
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CachePolicy):
+            return NotImplemented
+        return type(self) is type(other) and self.params() == other.params()
+
+    def __hash__(self) -> int:
+        return hash((type(self), _hashable(self.params())))
+
+    def __repr__(self) -> str:
+        try:
+            return f"<{type(self).__name__} {self.to_text()}>"
+        except (TypeError, ValueError):  # a repr never fails; to_text() says what is wrong
+            return f"<{type(self).__name__} {text_name(type(self))}>"
+
+
+def called_arguments(cls: type, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """`cls(*args, **kwargs)`'s arguments by name in signature order, defaults filled in; the
+    `**kwargs` a constructor collects are flattened (sorted: the same policy prints the same)."""
+    signature = inspect.signature(cls.__init__)
+    bound = signature.bind(None, *args, **kwargs)  # None stands for self
+    bound.apply_defaults()
+    params: dict[str, Any] = {}
+    for index, (key, value) in enumerate(bound.arguments.items()):
+        kind = signature.parameters[key].kind
+        if index == 0:
+            continue  # self
+        if kind is inspect.Parameter.VAR_POSITIONAL:
+            if value:
+                raise ValueError(f"policy {text_name(cls)}: positional arguments {value!r} have no names to "
+                                 "print; pass them by keyword or override params()")
+        elif kind is inspect.Parameter.VAR_KEYWORD:
+            params.update(sorted(value.items()))
+        else:
+            params[key] = value
+    return params
+
+
+def resolved(values: dict[str, Any], called: dict[str, Any]) -> dict[str, Any]:
+    """A built-in's `params()`: its resolved `values` first, then any other argument a subclass
+    was called with (so a user's subclass of a built-in stays lossless)."""
+    return {**values, **{k: v for k, v in called.items() if k not in values}}
+
+
+def text_name(cls: type) -> str:
+    """The name a policy class prints as: its registered name, else its class name."""
+    name = getattr(cls, "name", None)
+    return name if REGISTRY.get(name) is cls else cls.__name__
+
+
+def literal_text(value: Any, where: str) -> str:
+    """`repr(value)` when `ast.literal_eval` reads it back as an equal value; ValueError otherwise."""
+    text = repr(value)
+    try:
+        same = bool(ast.literal_eval(text) == value)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        same = False
+    if not same:
+        raise ValueError(f"{where}: {text[:60]} is not a Python literal (numbers, strings, bools, None, "
+                         "tuples, lists, dicts), so a plan's text cannot carry it; pass a literal or "
+                         "override params()")
+    return text
+
+
+def _hashable(value: Any) -> Any:
+    """A hashable stand-in for a params value; values that are equal get equal stand-ins."""
+    if isinstance(value, dict):
+        return frozenset((k, _hashable(v)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return tuple(_hashable(v) for v in value)
+    if isinstance(value, (set, frozenset)):
+        return frozenset(_hashable(v) for v in value)
+    try:
+        hash(value)
+    except TypeError:
+        return type(value).__qualname__  # nothing better is known to agree with its ==
+    return value
 
 
 def register_policy(name: str) -> Callable[[type], type]:
@@ -173,6 +286,39 @@ def make_policy(policy: str | CachePolicy | type, **kwargs: Any) -> CachePolicy:
             raise ValueError(f"policy: unknown policy {policy!r}; registered: {', '.join(sorted(REGISTRY))}")
         return REGISTRY[policy](**kwargs)
     raise TypeError(f"policy: expected a registered name, a CachePolicy subclass or instance, got {type(policy).__name__}")
+
+
+def policy_arguments(cls: type) -> tuple[str, ...] | None:
+    """The keyword arguments `cls(...)` takes, following `**kwargs` that a constructor hands to
+    its base class's; None when some `**kwargs` may go anywhere (then the constructor checks)."""
+    names: list[str] = []
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue  # inherited: a later class in the MRO defines it
+        if klass is object:
+            return () if cls.__init__ is object.__init__ else None  # else: a `**kwargs` ends here
+        parameters = list(inspect.signature(init).parameters.values())[1:]
+        names += [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+                  and p.name not in names]
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            return tuple(names)
+    return None
+
+
+def policy_from_text(name: str, kwargs: dict[str, Any]) -> CachePolicy:
+    """The registered policy `name` built with `kwargs` (the parsed form of `name(arg=value, ...)`);
+    ValueError naming the policy and the argument, with the allowed ones, when they do not fit."""
+    cls = policy_class(name)
+    allowed = policy_arguments(cls)
+    for key in kwargs:
+        if allowed is not None and key not in allowed:
+            raise ValueError(f"policy: {name} has no argument {key!r} "
+                             f"({'arguments: ' + ', '.join(allowed) if allowed else 'it takes none'})")
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"policy: {name}: {err}") from None
 
 
 def load_builtin_policies() -> None:

@@ -32,7 +32,7 @@ def test_generate_with_a_cache_prints_stats_and_draws_the_plan(tmp_path, capsys)
     assert code == 0
     printed = capsys.readouterr().out
     assert ("cache: fbcache(rel_l1_thresh=0.08, warmup_steps=0); passes regroup(granularity=2),"
-            "apply_policy(policy=fbcache),fold_static,dce") in printed
+            "apply_policy(policy=fbcache(rel_l1_thresh=0.08, warmup_steps=0)),fold_static,dce") in printed
     trace = next(line.split()[-1] for line in printed.splitlines() if line.strip().startswith("cond:u0"))
     assert len(trace) == 8 and "S" in trace and trace.startswith("C")  # the run reused some steps
     assert f"wrote {plan}" in printed and plan.with_suffix(".dot").read_text().startswith("digraph plan {")

@@ -19,7 +19,8 @@ def test_plan_prints_the_grid_and_stats_and_writes_its_files(tmp_path, capsys):
     saved, drawn = tmp_path / "plan.json", tmp_path / "plan.dot"
     assert main(["plan", "a red fox", *SMALL, *FBCACHE, "--save", str(saved), "--render", str(drawn)]) == 0
     out = capsys.readouterr().out
-    assert "passes: regroup(granularity=2),apply_policy(policy=fbcache),fold_static,dce" in out
+    assert ("passes: regroup(granularity=2),apply_policy(policy=fbcache(rel_l1_thresh=0.08, warmup_steps=0)),"
+            "fold_static,dce") in out
     stats = json.loads(out[out.index("{"):out.rindex("}") + 1])
     assert stats["cells"]["total"] == 24 and stats["runtime_cells"] == 20
     assert Plan.load(saved).summary() in out and drawn.read_text().startswith("digraph")
@@ -44,6 +45,45 @@ def test_generate_replays_a_saved_plan_and_draws_the_run(tmp_path, capsys):
     stats = json.loads(next(line for line in out.splitlines() if line.startswith("{")))
     assert stats["computed"] + stats["skipped"] == 24 and stats["skipped"] > 0  # fbcache, from the plan's pipeline
     assert f"wrote {render}" in out and "with the run's decisions" in out and render.read_text().startswith("digraph")
+
+
+def trace_of(out: str) -> dict[str, str]:
+    return json.loads(next(line for line in out.splitlines() if line.startswith("{")))["trace"]
+
+
+def test_a_saved_plan_decides_with_its_policy_and_all_its_arguments(tmp_path, capsys):
+    """Issue 14: a plan compiled with --threshold 0.3 replays with 0.3 (CSSSSS), not the default 0.1 (CSSSCC)."""
+    saved, cache = tmp_path / "p.json", ["--cache", "fbcache", "--threshold", "0.3", "--granularity", "2"]
+    assert main(["plan", "a red fox", *SMALL, *cache, "--save", str(saved)]) == 0
+    assert "apply_policy(policy=fbcache(rel_l1_thresh=0.3, warmup_steps=0))" in Plan.load(saved).pipeline
+    capsys.readouterr()
+    assert main(["generate", "a red fox", *SMALL, *cache, "--out", str(tmp_path / "a.gif"), "--stats", "json"]) == 0
+    direct = trace_of(capsys.readouterr().out)
+    assert main(["generate", "a red fox", *SMALL, "--plan-file", str(saved), "--out", str(tmp_path / "b.gif"),
+                 "--stats", "json"]) == 0
+    assert trace_of(capsys.readouterr().out) == direct
+    assert direct["cond:1"] == "CSSSSS"
+
+
+@pytest.fixture(scope="module")
+def fbcache_plan(tmp_path_factory):
+    saved = tmp_path_factory.mktemp("plan") / "p.json"
+    assert main(["plan", "a red fox", *SMALL, "--cache", "fbcache", "--threshold", "0.3", "--save", str(saved)]) == 0
+    return saved
+
+
+@pytest.mark.parametrize("flags, flag", [
+    (["--cache", "teacache"], "--cache"), (["--threshold", "0.2"], "--threshold"),
+    (["--cache", "fbcache", "--threshold", "0.2"], "--threshold"), (["--wan-variant", "t2v-14B"], "--wan-variant"),
+])
+def test_policy_flags_that_contradict_a_saved_plan_are_refused(fbcache_plan, tmp_path, capsys, flags, flag):
+    capsys.readouterr()
+    assert main(["generate", "a red fox", *SMALL, "--plan-file", str(fbcache_plan), *flags,
+                 "--out", str(tmp_path / "fox.gif")]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"edit: error: {flag}: the plan decides with fbcache(rel_l1_thresh=0.3, warmup_steps=0); "
+                   f"drop {flag} or compile another plan\n")
+    assert not (tmp_path / "fox.gif").exists()
 
 
 @pytest.mark.parametrize("argv, match", [

@@ -138,12 +138,14 @@ def test_apply_cache_on_transformer_runs_the_same_default_pipeline():
 
 
 def test_pipeline_text_round_trips_and_names_bad_text():
-    text = ("regroup(granularity=2),apply_policy(policy=teacache),fold_static,"
+    text = ("regroup(granularity=2),apply_policy(policy=teacache(rel_l1_thresh=0.3, wan_variant='t2v-14B', "
+            "coefficients=(1.0, -2.5), use_ret_steps=False)),fold_static,"
             "set_cells(mode=reuse, steps=[1, 2], units=[0]),schedule_prefetch(lead=2),dce")
     pipeline = Pipeline.parse(text)
     assert str(pipeline) == text and Pipeline.parse(str(pipeline)) == pipeline
     assert str(default_pipeline(granularity="per_block", policy="fbcache", prefetch=3)) == \
-        "regroup(granularity=per_block),apply_policy(policy=fbcache),fold_static,schedule_prefetch(lead=3),dce"
+        ("regroup(granularity=per_block),apply_policy(policy=fbcache(rel_l1_thresh=0.1, warmup_steps=0)),"
+         "fold_static,schedule_prefetch(lead=3),dce")
     for bad, match in [("regroup(size=2)", "regroup has no parameter 'size'"), ("teleport", "unknown pass 'teleport'"),
                        ("regroup(granularity=", "not a pipeline"), ("set_cells(mode=x)", "mode")]:
         with pytest.raises(ValueError, match=match):

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-DOCTEST_MODULES = ["edit", "edit.graph", "edit.pipeline"]
+DOCTEST_MODULES = ["edit", "edit.graph", "edit.pipeline", "edit.passes.base", "edit.passes.policy",
+                   "edit.passes.apply_policy"]
 
 
 @pytest.mark.parametrize("name", DOCTEST_MODULES)

@@ -20,7 +20,7 @@ from diffusers.pipelines.wan.pipeline_output import WanPipelineOutput
 from edit import diffusers_face as face
 from edit.checks import check_call, check_enable_cache, check_int, check_prefetch
 from edit.graph import Graph, Plan, RunSpec, check_granularity
-from edit.passes import Pipeline, check_warm_steps, make_policy
+from edit.passes import Pipeline, check_warm_steps, make_policy, pipeline_policy
 from edit.passes.compiler import CacheSettings, CostModel, ModelInfo, certain_reads, compile_plan, fingerprint
 from edit.runtime import Program, RunState, StepEnd, WanAdapter, compile_program
 from edit.runtime.cache import CacheController
@@ -175,12 +175,13 @@ class EditWanPipeline(WanPipeline):
                                                                            self._execution_device)))
 
     # -- caching ------------------------------------------------------------------------------
-    def enable_cache(self, policy: Any = "teacache", *, num_inference_steps: int | None = None,
+    def enable_cache(self, policy: Any = None, *, num_inference_steps: int | None = None,
                      granularity: str | int = "stack", store: Any = None, fold: bool = True,
                      prefetch: int | str | dict | None = "auto", passes: Sequence[Any] = (),
                      pipeline: Pipeline | str | None = None, costs: CostModel | None = None,
                      keep_generations: int | None = None, **policy_kwargs: Any) -> CacheController:
-        """Turn on step caching with `policy` (a registered name, a CachePolicy subclass or instance).
+        """Turn on step caching with `policy` (a registered name, a CachePolicy subclass or instance;
+        default: the policy `pipeline` names, else "teacache").
 
         Plan settings are the parameters of the passes in `edit.passes.default_pipeline`:
         `granularity` ("stack", "per_block" or an int k: units of k blocks), `fold` (evaluate static
@@ -200,6 +201,9 @@ class EditWanPipeline(WanPipeline):
         `pipe.cache`.
         """
         check_enable_cache(store=store, fold=fold)
+        if policy is None:
+            named = pipeline_policy(pipeline) if isinstance(pipeline, (str, Pipeline)) else None
+            policy = named if named is not None and not policy_kwargs else "teacache"
         policy = make_policy(policy, **policy_kwargs)
         costs = check_prefetch(prefetch, costs)
         if num_inference_steps is not None:

@@ -7,7 +7,7 @@ from typing import Any
 import attrs
 
 from edit.graph import Cell, DECIDE, Graph, Plan, RunSpec
-from edit.passes import ApplyPolicy, Pipeline
+from edit.passes import ApplyPolicy, Pipeline, plan_policy
 
 
 def _call_fields(spec: RunSpec) -> RunSpec:
@@ -35,26 +35,24 @@ def check_plan(plan: Any, spec: RunSpec, expected: dict[str, Any]) -> None:
                              f"call has {getattr(want, field.name)!r}")
 
 
-def plan_policy(plan: Graph) -> Any:
-    """The policy of the plan's `apply_policy` pass, restored from its pipeline text (None if none)."""
-    text = getattr(plan, "pipeline", "") or ""
-    try:
-        pipeline = Pipeline.parse(text)
-    except ValueError as err:
-        raise ValueError(f"plan: its pipeline text does not parse ({err})") from None
-    found = [p.policy for p in pipeline.passes if isinstance(p, ApplyPolicy)]
-    return found[-1] if found else None
-
-
 def run_policy(plan: Graph, cache: Any) -> Any:
-    """The policy that decides a replayed plan's run-time cells: the plan's own (restored from its
-    pipeline text), whatever is enabled; the enabled one only for a plan whose text names none."""
+    """The policy that decides a replayed plan's run-time cells: the plan's own, restored from its
+    pipeline text with all its arguments, whatever is enabled. The enabled one only for a graph with
+    no pipeline text, or for a policy the text names that is not registered (then it must print as
+    the text says)."""
     if not any(c.mode == DECIDE or c.consult for c in plan.nodes(Cell)):
         return None
-    own = plan_policy(plan)
-    if own is None or isinstance(own, str):
+    text = getattr(plan, "pipeline", None)
+    if not text:
         return None if cache is None else cache.policy
-    return own
+    try:
+        return plan_policy(plan)
+    except ValueError as err:
+        enabled = None if cache is None else cache.policy
+        if enabled is not None and f"apply_policy(policy={enabled.to_text()})" in text:
+            return enabled  # an unregistered policy of this process, the very one enabled
+        raise ValueError(f"plan: its policy cannot be restored from its pipeline text ({err}); register the "
+                         "policy (edit.cache.register_policy) before replaying the plan") from None
 
 
 def bind_policy(pipeline: Pipeline, policy: Any) -> Pipeline:

@@ -35,8 +35,10 @@ EDGE_KINDS = (DATA, PREFETCH)
 COMPUTE, REUSE_MODE, DECIDE = "compute", "reuse", "decide"
 CELL_MODES = (COMPUTE, REUSE_MODE, DECIDE)
 
-#: What the embed step yields; a data edge may `select` one of these.
-EMBED_OUTPUTS = ("hidden", "e", "e0", "encoder_hidden", "rotary", "grid")
+#: What a data edge may `select` of an embed's value: the hidden states the first unit runs on. The
+#: rest of that value is the model's context, opaque to the IR: its fields are the adapter's (Wan's
+#: are `edit.runtime.WanAdapter.embed_outputs`), so the IR names no model's fields.
+EMBED_OUTPUTS = ("hidden",)
 
 
 _RANKS = {None: -1, **{b: i for i, b in enumerate(BRANCHES)}}

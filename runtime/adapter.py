@@ -16,6 +16,7 @@ class ModelAdapter(Protocol):
     """Run one model in pieces: `embed` -> `run_blocks(start, stop)`... -> `head`."""
 
     num_blocks: int
+    model_id: str  # the id its records, residual keys and policy states carry
 
     @property
     def dtype(self) -> Any: ...
@@ -37,3 +38,7 @@ class ModelAdapter(Protocol):
 
     def branch_context(self, branch: str, **info: Any) -> AbstractContextManager:
         """The model's cache context for one CFG branch's forward (diffusers' `cache_context`)."""
+
+    def describe(self, latent_shape: tuple[int, ...]) -> dict[str, Any]:
+        """{"fingerprint": this model's part of a plan's fingerprint (at least "model", "weights",
+        "dtype"), "residual_shape": the shape of one residual at `latent_shape`}."""

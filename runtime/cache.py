@@ -13,6 +13,11 @@ import torch
 from edit.graph import DECIDE, Cell
 from edit.passes.compiler import CostModel
 from edit.runtime.store.namespace import Namespace
+
+
+def latest_key_of(key: tuple) -> tuple:
+    """The latest-residual key (model, generation, branch, unit) a residual key starts with."""
+    return key[:4]
 from edit.passes.policy import CacheContext, CachePolicy, PolicyState, decide, make_context, policy_state
 
 HOOK_EVENTS = ("before_unit", "after_decision", "after_unit")
@@ -261,8 +266,8 @@ class CacheController:
         self.num_steps, self.num_units = num_steps, num_units
 
     def end_run(self) -> None:
-        self.stats.freeze_store()
         self.drop_old_generations()
+        self.stats.freeze_store()
 
     def kept_generations(self, generations: Any) -> set[int]:
         """Which of `generations` a later run can still read: the current one and those of the reuse
@@ -276,11 +281,13 @@ class CacheController:
         return {g for g in generations if oldest <= g <= current} | {current}
 
     def drop_old_generations(self) -> int:
-        """Drop this controller's residuals of generations no window can read any more (so a long
-        video's store stays bounded); returns how many entries went."""
+        """Drop this controller's residuals that no later run can read (so a long video's store
+        stays bounded): those of generations no window reads any more, and an earlier generation's
+        latest residuals (only its own run reads them; a window reads step keys). Returns how many
+        entries went."""
         keys = [k for k in self.residuals.keys() if len(k) >= 2 and isinstance(k[1], int)]
         keep = self.kept_generations({k[1] for k in keys})
-        dropped = [k for k in keys if k[1] not in keep]
+        dropped = [k for k in keys if k[1] not in keep or (k[1] != self.generation and k == latest_key_of(k))]
         for key in dropped:
             self.residuals.drop(key)
         return len(dropped)

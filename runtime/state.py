@@ -10,7 +10,7 @@ import attrs
 import torch
 
 from edit.graph import DEFAULT_MODEL
-from edit.runtime.wan import WanAdapter
+from edit.runtime.adapter import ModelAdapter
 
 
 @attrs.define(eq=False)
@@ -30,7 +30,7 @@ class RunState:
     scheduler update and may return a `StepEnd`.
     """
 
-    adapter: WanAdapter  # the adapter of the default model id ("transformer")
+    adapter: ModelAdapter  # the adapter of the spec's model id (its `model_id`, default "transformer")
     scheduler: Any
     timesteps: torch.Tensor
     inputs: dict[str, Any]
@@ -46,13 +46,13 @@ class RunState:
     effects: dict[Any, Any] = attrs.Factory(dict)  # set by the program: cell -> the keys it reads and writes
 
     def adapter_for(self, model: str) -> Any:
-        if model == DEFAULT_MODEL:
+        if model == getattr(self.adapter, "model_id", DEFAULT_MODEL):
             return self.adapter
         try:
             return self.adapters[model]
         except KeyError:
             raise ValueError(f"model: no adapter for model id {model!r} in this run "
-                             f"(known: {[DEFAULT_MODEL, *self.adapters]})") from None
+                             f"(known: {[getattr(self.adapter, 'model_id', DEFAULT_MODEL), *self.adapters]})") from None
 
     def cache_for(self, node: Any) -> Any:
         if self.cache is None:

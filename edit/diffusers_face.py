@@ -71,3 +71,37 @@ def realign(module: torch.nn.Module, alignment: int = 64) -> None:
         for tensor in list(module.parameters()) + list(module.buffers()):
             if tensor.device.type == "cpu" and tensor.data_ptr() % alignment:
                 tensor.data = tensor.data.clone()
+
+
+def run_state(pipe: Any, program: Any, inputs: dict[str, Any], timesteps: torch.Tensor, progress_bar,
+              num_inference_steps: int, callback: Any, tensor_inputs: list[str]) -> Any:
+    """The runtime environment of one call: step-begin bookkeeping and diffusers' step-end callback."""
+    from edit.runtime import RunState, StepEnd
+
+    num_warmup_steps = len(timesteps) - num_inference_steps * pipe.scheduler.order
+    branch_inputs = {"prompt_embeds": "text.cond", "negative_prompt_embeds": "text.uncond"}
+
+    def step_begin(step: int) -> None:
+        pipe._current_timestep = timesteps[step]
+
+    def step_end(step: int, latents: torch.Tensor) -> StepEnd | None:
+        result = None
+        if callback is not None:
+            values = {"latents": latents, "prompt_embeds": state.inputs["text.cond"],
+                      "negative_prompt_embeds": state.inputs.get("text.uncond")}
+            outputs = callback(pipe, step, timesteps[step], {k: values[k] for k in tensor_inputs})
+            result = StepEnd(latents=outputs.pop("latents", None))
+            for name, key in branch_inputs.items():
+                if name in outputs and key in state.inputs:
+                    result.inputs[key] = outputs.pop(name)
+        if step == len(timesteps) - 1 or ((step + 1) > num_warmup_steps and (step + 1) % pipe.scheduler.order == 0):
+            progress_bar.update()
+        if pipe.interrupt:
+            result = result or StepEnd()
+            result.stop = True
+        return result
+
+    state = RunState(adapter=pipe.adapter, scheduler=pipe.scheduler, timesteps=timesteps, inputs=inputs,
+                     expand_timesteps=bool(pipe.config.expand_timesteps), step_begin=step_begin,
+                     step_end=step_end, cache=pipe.cache)
+    return state

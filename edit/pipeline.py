@@ -22,9 +22,10 @@ from edit.checks import check_call, check_enable_cache, check_int, check_prefetc
 from edit.graph import Graph, Plan, RunSpec, check_granularity
 from edit.passes import Pipeline, check_warm_steps, make_policy, pipeline_policy
 from edit.passes.compiler import CacheSettings, CostModel, ModelInfo, certain_reads, compile_plan, fingerprint
-from edit.runtime import Program, RunState, StepEnd, WanAdapter, compile_program
+from edit.runtime import Program, RunState, WanAdapter, compile_program
 from edit.runtime.cache import CacheController
 from edit.runtime.fingerprint import config_digest, weights_version
+from edit.plans import check_plan, measured_costs, own_pipeline, run_policy
 from edit.runtime.offload import forward_hooks
 
 
@@ -215,7 +216,7 @@ class EditWanPipeline(WanPipeline):
         for p in passes:
             if not callable(p):
                 raise TypeError(f"passes: expected passes (callables Graph -> Graph), got {type(p).__name__}")
-        pipeline = _own_pipeline(pipeline, policy)
+        pipeline = own_pipeline(pipeline, policy)
         if store is None:
             from edit.runtime.store import GPUStore
             store = GPUStore(device=self._execution_device)
@@ -225,7 +226,7 @@ class EditWanPipeline(WanPipeline):
         settings = CacheSettings(policy, granularity, bool(fold), passes, pipeline,
                                  "auto" if isinstance(prefetch, dict) else prefetch)
         if costs is None:
-            costs = _measured_costs(store, settings)
+            costs = measured_costs(store, settings)
         self.cache = CacheController(policy, store=store, costs=costs, keep_generations=keep_generations)
         self._settings, self._enabled_steps, self._program_cache = settings, num_inference_steps, None
         return self.cache
@@ -256,8 +257,6 @@ class EditWanPipeline(WanPipeline):
         inputs = self.plan_inputs(spec, tuple(shape), timesteps, prefetch=prefetch,
                                   version=weights_version(self.transformer))
         if plan is not None:
-            from edit.plans import check_plan, run_policy
-
             check_plan(plan, spec, fingerprint(*inputs[:2], inputs[4], inputs[2].window if inputs[2] else ()))
             return compile_program(plan), run_policy(plan, self.cache)
         if self._program_cache is None or self._program_cache[0] != inputs:
@@ -305,9 +304,6 @@ class EditWanPipeline(WanPipeline):
         check_call(self, height=height, width=width, num_frames=num_frames, guidance_scale=guidance_scale,
                    num_videos_per_prompt=num_videos_per_prompt, max_sequence_length=max_sequence_length,
                    output_type=output_type)
-        if self.transformer_2 is not None or self.config.boundary_ratio is not None:
-            raise ValueError("transformer_2/boundary_ratio: two-stage (Wan2.2 A14B) pipelines are not supported "
-                             "by EditWanPipeline; use a single-transformer pipeline")
         device = self._execution_device
         timesteps = self._timesteps(check_int(num_inference_steps, "num_inference_steps"), device)
         num_frames, height, width = face.fit_video_size(self, num_frames, height, width)
@@ -322,21 +318,10 @@ class EditWanPipeline(WanPipeline):
 
         # The plan first: its entry prefetches (cross-generation reads of the first cells) then
         # overlap prompt encoding and latent preparation instead of stalling the first step.
-        cache = self.cache
-        if cache is not None and self._enabled_steps not in (None, num_inference_steps):
-            raise ValueError(f"num_inference_steps: the cache was enabled for {self._enabled_steps} steps, "
-                             f"this call asks for {num_inference_steps}")
-        if cache is not None and getattr(cache.policy, "warm_steps", None) is not None:
-            check_warm_steps(cache.policy.warm_steps, num_inference_steps)
         shape = tuple(latents.shape) if latents is not None else face.latent_shape(
             self, batch_size * (num_videos_per_prompt or 1), num_frames, height, width)
-        spec = self.run_spec(num_inference_steps, guidance_scale, timesteps, latent_shape=shape)
-        program, policy = self._program(spec, plan, timesteps, shape, prefetch=prefetch_reuse)
-        if program.has_cells and cache is None:
-            raise ValueError("plan: it has cache cells; enable a cache (pipe.enable_cache) to run it")
-        if cache is not None:
-            for key in program.entry_keys:
-                cache.residuals.prefetch(key)
+        program, policy = self._call_program(num_inference_steps, guidance_scale, timesteps, shape, plan,
+                                             prefetch_reuse)
 
         prompt_embeds, negative_prompt_embeds = self.encode_prompt(
             prompt=prompt, negative_prompt=negative_prompt,
@@ -359,17 +344,10 @@ class EditWanPipeline(WanPipeline):
         if self.do_classifier_free_guidance:
             inputs["text.uncond"] = negative_prompt_embeds
 
-        with forward_hooks(self.transformer):  # offloading hooks: the run stands in for its forwards
-            if cache is not None:
-                cache.begin_run(len(timesteps), program.num_units, reset=reset_cache, policy=policy)
-            with self.progress_bar(total=num_inference_steps) as progress_bar, \
-                    face.lora_scale(self.transformer, attention_kwargs):
-                state = self.make_run_state(program, inputs, timesteps, progress_bar, num_inference_steps,
-                                            callback_on_step_end, callback_on_step_end_tensor_inputs)
-                latents = program.run(state)
-        self._current_timestep = None
-        if cache is not None:
-            cache.end_run()
+        with self.progress_bar(total=num_inference_steps) as progress_bar:
+            state = self.make_run_state(program, inputs, timesteps, progress_bar, num_inference_steps,
+                                        callback_on_step_end, callback_on_step_end_tensor_inputs)
+            latents = self._denoise(program, policy, state, reset_cache, attention_kwargs)
 
         video = latents if output_type == "latent" else face.decode(self, latents, output_type)
         self.maybe_free_model_hooks()
@@ -377,56 +355,41 @@ class EditWanPipeline(WanPipeline):
             return (video,)
         return WanPipelineOutput(frames=video)
 
+    def _call_program(self, num_inference_steps: int, guidance_scale: float, timesteps: torch.Tensor,
+                      shape: tuple, plan: Graph | None, prefetch: bool) -> tuple[Program, Any]:
+        """The call's program and the policy deciding its run-time cells; entry prefetches issued."""
+        cache = self.cache
+        if cache is not None and self._enabled_steps not in (None, num_inference_steps):
+            raise ValueError(f"num_inference_steps: the cache was enabled for {self._enabled_steps} steps, "
+                             f"this call asks for {num_inference_steps}")
+        if cache is not None and getattr(cache.policy, "warm_steps", None) is not None:
+            check_warm_steps(cache.policy.warm_steps, num_inference_steps)
+        spec = self.run_spec(num_inference_steps, guidance_scale, timesteps, latent_shape=shape)
+        program, policy = self._program(spec, plan, timesteps, shape, prefetch=prefetch)
+        if program.has_cells and cache is None:
+            raise ValueError("plan: it has cache cells; enable a cache (pipe.enable_cache) to run it")
+        if cache is not None:
+            for key in program.entry_keys:
+                cache.residuals.prefetch(key)
+        return program, policy
+
+    def _denoise(self, program: Program, policy: Any, state: RunState, reset_cache: bool,
+                 attention_kwargs: dict[str, Any] | None) -> torch.Tensor:
+        """Run the program: inside the transformer's offloading hooks (the run stands in for its
+        forwards) and its LoRA scale, with the cache's run begun and ended around it."""
+        cache = self.cache
+        with forward_hooks(self.transformer):
+            if cache is not None:
+                cache.begin_run(len(state.timesteps), program.num_units, reset=reset_cache, policy=policy)
+            with face.lora_scale(self.transformer, attention_kwargs):
+                latents = program.run(state)
+        self._current_timestep = None
+        if cache is not None:
+            cache.end_run()
+        return latents
+
     def make_run_state(self, program: Program, inputs: dict[str, Any], timesteps: torch.Tensor, progress_bar,
                        num_inference_steps: int, callback: Callable | None, tensor_inputs: list[str]) -> RunState:
         """The runtime environment of one call: step-begin bookkeeping and diffusers' step-end callback."""
-        num_warmup_steps = len(timesteps) - num_inference_steps * self.scheduler.order
-        branch_inputs = {"prompt_embeds": "text.cond", "negative_prompt_embeds": "text.uncond"}
-
-        def step_begin(step: int) -> None:
-            self._current_timestep = timesteps[step]
-
-        def step_end(step: int, latents: torch.Tensor) -> StepEnd | None:
-            result = None
-            if callback is not None:
-                values = {"latents": latents, "prompt_embeds": state.inputs["text.cond"],
-                          "negative_prompt_embeds": state.inputs.get("text.uncond")}
-                outputs = callback(self, step, timesteps[step], {k: values[k] for k in tensor_inputs})
-                result = StepEnd(latents=outputs.pop("latents", None))
-                for name, key in branch_inputs.items():
-                    if name in outputs and key in state.inputs:
-                        result.inputs[key] = outputs.pop(name)
-            if step == len(timesteps) - 1 or ((step + 1) > num_warmup_steps and (step + 1) % self.scheduler.order == 0):
-                progress_bar.update()
-            if self.interrupt:
-                result = result or StepEnd()
-                result.stop = True
-            return result
-
-        state = RunState(adapter=self.adapter, scheduler=self.scheduler, timesteps=timesteps, inputs=inputs,
-                         expand_timesteps=bool(self.config.expand_timesteps), step_begin=step_begin,
-                         step_end=step_end, cache=self.cache)
-        return state
-
-
-def _own_pipeline(pipeline: Pipeline | str | None, policy: Any) -> Pipeline | None:
-    """`enable_cache(pipeline=...)` as a `Pipeline`; a policy it names must be the one enabled."""
-    if pipeline is None:
-        return None
-    if isinstance(pipeline, str):
-        pipeline = Pipeline.parse(pipeline)  # refuse bad text now, not at the first call
-    elif not isinstance(pipeline, Pipeline):
-        raise TypeError(f"pipeline: expected an edit.passes.Pipeline or its text, got {type(pipeline).__name__}")
-    from edit.plans import bind_policy
-
-    return bind_policy(pipeline, policy)
-
-
-def _measured_costs(store: Any, settings: CacheSettings) -> CostModel:
-    """`prefetch="auto"`: the slow tier's transfer, measured once, when a plan can have reads to stage."""
-    from edit.runtime.store.measure import measure_transfer, slowest_tier
-
-    if settings.prefetch != "auto" or slowest_tier(store) is None or not certain_reads(settings):
-        return CostModel()
-    measured = measure_transfer(store, 1 << 20)
-    return CostModel() if measured is None else CostModel(measured["bandwidth"], measured["latency"])
+        return face.run_state(self, program, inputs, timesteps, progress_bar, num_inference_steps, callback,
+                              tensor_inputs)

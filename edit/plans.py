@@ -1,4 +1,5 @@
-"""Replaying a plan: it runs only under a call it was compiled for, decided by its own policy."""
+"""Plans and the pipeline: a replay runs only under a call it was compiled for, decided by its own
+policy; `enable_cache`'s pipeline text and measured costs."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import attrs
 
 from edit.graph import Cell, DECIDE, Graph, Plan, RunSpec
 from edit.passes import ApplyPolicy, Pipeline, plan_policy
+from edit.passes.compiler import CacheSettings, CostModel, certain_reads
 
 
 def _call_fields(spec: RunSpec) -> RunSpec:
@@ -71,3 +73,24 @@ def bind_policy(pipeline: Pipeline, policy: Any) -> Pipeline:
 
 def _text(policy: Any) -> str:
     return policy if isinstance(policy, str) else getattr(policy, "to_text", policy.describe)()
+
+
+def own_pipeline(pipeline: Pipeline | str | None, policy: Any) -> Pipeline | None:
+    """`enable_cache(pipeline=...)` as a `Pipeline`; a policy it names must be the one enabled."""
+    if pipeline is None:
+        return None
+    if isinstance(pipeline, str):
+        pipeline = Pipeline.parse(pipeline)  # refuse bad text now, not at the first call
+    elif not isinstance(pipeline, Pipeline):
+        raise TypeError(f"pipeline: expected an edit.passes.Pipeline or its text, got {type(pipeline).__name__}")
+    return bind_policy(pipeline, policy)
+
+
+def measured_costs(store: Any, settings: CacheSettings) -> CostModel:
+    """`prefetch="auto"`: the slow tier's transfer, measured once, when a plan can have reads to stage."""
+    from edit.runtime.store.measure import measure_transfer, slowest_tier
+
+    if settings.prefetch != "auto" or slowest_tier(store) is None or not certain_reads(settings):
+        return CostModel()
+    measured = measure_transfer(store, 1 << 20)
+    return CostModel() if measured is None else CostModel(measured["bandwidth"], measured["latency"])

@@ -10,6 +10,7 @@ model's static signals (for folding) come in as a function of the step.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -181,8 +182,7 @@ def compile_plan(spec: RunSpec, model: ModelInfo, settings: CacheSettings | None
     policy = None if settings is None else settings.policy
     decisions = None
     if policy is not None and getattr(policy, "static_signal", False) and model.signals is not None:
-        def decisions(graph: Graph) -> dict:
-            return static_decisions(graph, policy, model.signals)
+        decisions = functools.partial(static_decisions, policy=policy, signals=model.signals)
     pipeline = plan_pipeline(settings, model, costs, decisions)
     graph, records = pipeline.run(lower(spec))
     if not pipeline.debug:

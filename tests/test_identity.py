@@ -80,7 +80,7 @@ def test_compiling_fires_no_hook_and_reads_nothing_a_run_left():
     pipe = EditWanPipeline(**components())
     pipe.enable_cache("teacache", rel_l1_thresh=0.5, coefficients=[1.0, 0.0])
     fired = []
-    for event in ("before_unit", "after_unit"):
+    for event in ("before_unit", "after_decision", "after_unit"):
         pipe.cache.add_hook(event, lambda ev: fired.append(ev.event))
     first = pipe.compile(8, 5.0, **SIZE)
     assert fired == []

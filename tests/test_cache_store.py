@@ -148,23 +148,26 @@ def test_store_stats_appear_in_cache_stats(tmp_path):
     assert [t["name"] for t in first["tiers"]] == ["0:GPUStore", "1:CPUStore", "2:DiskStore"]
     assert first["tiers"][2]["entries"] == 0  # one generation's two residuals fit the upper tiers
 
-    pipe.cache.keep_generations = 2  # keep generation 0 after generation 1 runs
+    owner = pipe.cache.residuals.owner  # every key is in the cache's own namespace
+    on_disk = []
     pipe.cache.set_generation(1)  # fresh keys: generation 0's residuals are now the least recent
-    generate(pipe, num_inference_steps=STEPS)
+    generate(pipe, num_inference_steps=STEPS,
+             callback_on_step_end=lambda p, s, t, kw: on_disk.append(sorted(store.stores[2].keys())) or {})
+    # during the run generation 0's residuals spilled to the disk tier; at its end they were dropped
+    # (no later run reads an earlier generation's latest residuals)
+    assert on_disk[-1] == [(owner, "transformer", 0, "cond", 0), (owner, "transformer", 0, "uncond", 0)]
     stats = pipe.cache.stats
     snap = stats.store
     assert snap == store.stats.as_dict() and snap["puts"] > first["puts"] and snap["hits"] > first["hits"]
-    owner = pipe.cache.residuals.owner  # every key is in the cache's own namespace
-    assert sorted(store.stores[2].keys()) == [(owner, "transformer", 0, "cond", 0), (owner, "transformer", 0, "uncond", 0)]
     for tier, inner in zip(snap["tiers"], store.stores):
         assert (tier["nbytes"], tier["entries"]) == (inner.nbytes, len(inner)) == (inner.stats.nbytes,
                                                                                 inner.stats.entries)
-    assert snap["tiers"][2]["entries"] == 2 and snap["tiers"][0]["spills"] > 0 and snap["tiers"][1]["spills"] > 0
-    assert snap["nbytes"] == store.nbytes == sum(store.tier_bytes) and snap["entries"] == len(store) == 4
+    assert snap["tiers"][2]["entries"] == 0 and snap["tiers"][0]["spills"] > 0 and snap["tiers"][1]["spills"] > 0
+    assert snap["nbytes"] == store.nbytes == sum(store.tier_bytes) and snap["entries"] == len(store) == 2
     json.dumps(stats.as_dict())
 
     table = str(stats)
-    assert f"store: 4 entries, {store.nbytes:,} B" in table
+    assert f"store: 2 entries, {store.nbytes:,} B" in table
     for tier in snap["tiers"]:
         line = next(line for line in table.splitlines() if tier["name"] in line)
         assert f"{tier['nbytes']:,} B" in line and f"spills {tier['spills']}" in line and f"hits {tier['hits']}" in line

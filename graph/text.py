@@ -54,6 +54,14 @@ def cell_states(graph: Graph) -> dict[tuple[int, str, int], str]:
     return cells
 
 
+def schedule_rows(states: dict[tuple[int, str, int], str]) -> dict[tuple[str, int], str]:
+    """A {(step, branch, unit): state} grid as {(branch, unit): one character per step}."""
+    rows: dict[tuple[str, int], list[str]] = {}
+    for (step, branch, unit), state in sorted(states.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
+        rows.setdefault((branch, unit), []).append(state)
+    return {k: "".join(v) for k, v in sorted(rows.items())}
+
+
 def cell_state(node: Node) -> str:
     if not isinstance(node, Cell) or node.mode == COMPUTE:
         return "C"

@@ -1,7 +1,7 @@
 """`dce`: drop what no longer reaches the output (as JAX's `dce_jaxpr`).
 
 A cell's save is part of the cell, so it lives as long as the cell does; a `Prefetch` is an
-effect kept while the cell whose read it stages is live.
+effect kept while a live cell reads the key it stages (the cell's declared effects say which).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import attrs
 import networkx as nx
 
-from edit.graph import Graph, Output, Prefetch
+from edit.graph import Cell, Graph, Output, Prefetch
 from edit.passes.base import Pass, register_pass
 
 
@@ -22,14 +22,19 @@ def dce(graph: Graph) -> Graph:
     live = set(outputs)
     for out in outputs:
         live |= nx.ancestors(graph.nx, out)
-    dead = [n for n in graph.nx.nodes if n not in live
-            and not (isinstance(n, Prefetch) and any(c in live for c in graph.consumers(n, kind=None)))]
+    dead = [n for n in graph.nx.nodes if n not in live and not (isinstance(n, Prefetch) and _stages_a_live_read(graph, n, live))]
     if not dead:
         return graph
     new = graph.copy()
     for node in dead:
         new.remove_node(node)
     return new
+
+
+def _stages_a_live_read(graph: Graph, prefetch: Prefetch, live: set) -> bool:
+    """A prefetch is live while a live cell reads the key it stages (by the cell's declared effects)."""
+    return any(c in live and isinstance(c, Cell) and prefetch.key in graph.effects(c).reads
+               for c in graph.consumers(prefetch, kind=None))
 
 
 @register_pass

@@ -65,10 +65,8 @@ class FoldStatic(Pass):
 
 
 def skip_schedule(graph: Graph) -> dict[tuple[str, int], str]:
-    """{(branch, unit): "CCS..."} of a graph's cells (C: computes, S: reuses, ?: decided at run time)."""
-    from edit.graph.text import cell_state
+    """{(branch, unit): "CCS..."} of a graph's cells (C: computes, S: reuses, R: reuses another
+    generation's, ?: decided at run time)."""
+    from edit.graph.text import cell_state, schedule_rows
 
-    rows: dict[tuple[str, int], list[str]] = {}
-    for cell in graph.nodes(Cell):
-        rows.setdefault((cell.branch, cell.unit), []).append(cell_state(cell))
-    return {k: "".join(v) for k, v in sorted(rows.items())}
+    return schedule_rows({c.cell: cell_state(c) for c in graph.nodes(Cell)})

@@ -51,7 +51,7 @@ class CacheStats:
         self._store_at_start = _store_snapshot(store) if store is not None else None
         self.recomputed = 0  # reuse paths whose residual was missing from the store
         self.recomputed_cells: list[tuple[int, str, int]] = []  # their (step, branch, unit)
-        self.rows: dict[tuple[str, int], list[str]] = {}
+        self.rows: dict[tuple[str, str, int], list[str]] = {}  # (model, branch, unit) -> a char per step
         self._source = store  # read live until the run ends, then frozen (`freeze_store`)
         self._store: dict[str, Any] | None = None
 
@@ -84,17 +84,26 @@ class CacheStats:
             return None
         return _delta(now, then)
 
-    def record(self, branch: str, unit: int, computed: bool) -> None:
-        self.rows.setdefault((branch, unit), []).append("C" if computed else "S")
+    def record(self, branch: str, unit: int, computed: bool, model: str = "transformer") -> None:
+        self.rows.setdefault((model, branch, unit), []).append("C" if computed else "S")
         if computed:
             self.computed += 1
         else:
             self.skipped += 1
 
     @property
-    def trace(self) -> dict[tuple[str, int], str]:
-        """{(branch, unit_index): "CCSSC..."}, one character per step so far."""
+    def traces(self) -> dict[tuple[str, str, int], str]:
+        """{(model, branch, unit_index): "CCSSC..."}, one character per step so far."""
         return {k: "".join(v) for k, v in sorted(self.rows.items())}
+
+    @property
+    def trace(self) -> dict[tuple, str]:
+        """`traces` keyed by (branch, unit_index) when one model ran (every single-transformer
+        pipeline), by (model, branch, unit_index) when several did."""
+        traces = self.traces
+        if len({m for m, _, _ in traces}) > 1:
+            return traces
+        return {(b, u): t for (_, b, u), t in traces.items()}
 
     @property
     def skip_ratio(self) -> float:
@@ -105,8 +114,8 @@ class CacheStats:
     def steps_skipped(self) -> float:
         """Fraction of (step, branch) forwards whose whole stack was reused."""
         forwards = skipped = 0
-        for branch in sorted({b for b, _ in self.rows}):
-            rows = [v for (b, _), v in sorted(self.rows.items()) if b == branch]
+        for forward in sorted({(m, b) for m, b, _ in self.rows}):
+            rows = [v for (m, b, _), v in sorted(self.rows.items()) if (m, b) == forward]
             for chars in zip(*rows):
                 forwards += 1
                 skipped += all(c == "S" for c in chars)
@@ -115,7 +124,7 @@ class CacheStats:
     def cell_states(self) -> dict[tuple[int, str, int], str]:
         """What every cell of the run did: C computed, S reused, M reused but missed the store and
         recomputed — {(step, branch, unit): state}, e.g. to draw a plan with `trace=`."""
-        states = {(step, branch, unit): ch for (branch, unit), row in self.rows.items() for step, ch in enumerate(row)}
+        states = {(step, branch, unit): ch for (_, branch, unit), row in self.rows.items() for step, ch in enumerate(row)}
         for cell in self.recomputed_cells:
             states[cell] = "M"
         return states
@@ -125,14 +134,15 @@ class CacheStats:
                 "gets": self.gets, "get_seconds": self.get_seconds, "seconds": self.seconds,
                 "store_delta": self.store_delta,
                 "skip_ratio": self.skip_ratio, "steps_skipped": self.steps_skipped,
-                "trace": {f"{b}:{u}": t for (b, u), t in self.trace.items()}, "store": self.store}
+                "trace": {":".join(map(str, k)): t for k, t in self.trace.items()}, "store": self.store}
 
     def __str__(self) -> str:
         lines = [f"computed {self.computed}, skipped {self.skipped} ({self.skip_ratio:.0%} of unit evaluations), "
                  f"whole-stack skips {self.steps_skipped:.0%} of forwards, recomputed {self.recomputed}"]
-        width = max((len(f"{b}:u{u}") for b, u in self.rows), default=0)
-        for (branch, unit), trace in self.trace.items():
-            lines.append(f"  {f'{branch}:u{unit}':<{width}}  {trace}")
+        names = {k: ":".join(map(str, k[:-1])) + f":u{k[-1]}" for k in self.trace}
+        width = max(map(len, names.values()), default=0)
+        for key, trace in self.trace.items():
+            lines.append(f"  {names[key]:<{width}}  {trace}")
         if isinstance(self.store, dict):
             lines += store_lines(self.store)
         elif self.store is not None:  # a custom store whose stats are not a StoreStats/TieredStats

@@ -46,7 +46,8 @@ def kernel_for(node: Node) -> Callable[..., Any]:
 class Instr:
     """One step of the program: out = kernel(state, node, **{port: slots[slot].select}).
 
-    `context` is the (step, branch) whose model cache context the node runs in (None: outside any).
+    `context` is the (step, branch, model) whose model cache context the node runs in (None: outside
+    any; model None: the run's default model).
     """
 
     node: Node
@@ -54,7 +55,7 @@ class Instr:
     args: tuple[tuple[str, int, str | None], ...]
     out: int
     free: tuple[int, ...]
-    context: tuple[int, str] | None = None
+    context: tuple[int, str, str | None] | None = None
 
 
 @attrs.frozen
@@ -95,7 +96,7 @@ class Program:
         """Run `instrs` over `slots`; returns the output slot of the Update that stopped the run, if any."""
         state.effects = self.effects
         enter = getattr(state, "enter_context", None)
-        active: tuple[int, str] | None = None
+        active: tuple | None = None
         with contextlib.ExitStack() as outer:
             scope: contextlib.ExitStack | None = None
             for ins in instrs:
@@ -160,10 +161,11 @@ def _compile(graph: Graph, check: bool) -> Program:
             frees.setdefault(pos, []).append(slot_of[node])
     instrs = []
     effects = {}
+    default_model = graph.spec.model if graph.spec is not None else None  # a prefetch runs in its step's context
     for pos, node in enumerate(order):
         args = tuple(sorted((port, slot_of[p], sel) for port, (p, sel) in inputs[node].items()))
         branch = getattr(node, "branch", None)
-        context = (node.step, branch) if branch is not None else None
+        context = (node.step, branch, getattr(node, "model", default_model)) if branch is not None else None
         instrs.append(Instr(node, kernel_for(node), args, slot_of[node], tuple(sorted(frees.get(pos, ()))), context))
         if isinstance(node, Cell):
             effects[node] = graph.effects(node)

@@ -126,7 +126,7 @@ def run_cell(state: RunState, node: Cell, hidden: torch.Tensor, ctx, probe: torc
     for key in saves:
         store.put(key, residual)
     del residual
-    cache.stats.record(node.branch, node.unit, compute)
+    cache.stats.record(node.branch, node.unit, compute, model=node.model)
     if hooks["after_unit"]:
         replaced = cache.fire("after_unit", node, output=out, compute=compute, ctx=context)
         if replaced is not None:

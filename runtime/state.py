@@ -59,15 +59,17 @@ class RunState:
             raise ValueError(f"%{node.name}: this plan has cache cells; enable a cache (pipe.enable_cache) to run it")
         return self.cache
 
-    def enter_context(self, step: int, branch: str):
-        """The model cache context one (step, branch) forward runs in (diffusers' `cache_context`)."""
+    def enter_context(self, step: int, branch: str, model: str | None = None):
+        """The cache context one (step, branch) forward of `model` (default: the run's) runs in
+        (diffusers' `cache_context`), given by that model's adapter."""
         if not self.branch_contexts or self.timesteps is None:
             return contextlib.nullcontext()
         info = {"step_index": step, "num_inference_steps": len(self.timesteps)}
         sigmas = getattr(self.scheduler, "sigmas", None)
         if sigmas is not None and step < len(sigmas):
             info["sigma"] = float(sigmas[step])
-        return self.adapter.branch_context(branch, **info)
+        adapter = self.adapter if model is None or self.adapters == {} else self.adapter_for(model)
+        return adapter.branch_context(branch, **info)
 
     def begin_step(self, step: int) -> None:
         if step != self.current_step:

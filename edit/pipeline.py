@@ -111,10 +111,11 @@ class EditWanPipeline(WanPipeline):
         probe = torch.empty(shape, device=timesteps.device)
         state = RunState(adapter=adapter, scheduler=None, timesteps=timesteps, inputs={},
                          expand_timesteps=bool(self.config.expand_timesteps))
+        dtype = adapter.dtype  # diffusers walks the parameters for it: once, not per step
 
         def signals(step: int) -> dict[str, Any]:
             with torch.no_grad():
-                return adapter.time_signals(state.timestep(step, probe), adapter.dtype)
+                return adapter.time_signals(state.timestep(step, probe), dtype)
         return ModelInfo(adapter.model_id, adapter.num_blocks, described["fingerprint"], described["residual_shape"],
                          signals)
 

@@ -8,6 +8,8 @@ graph only through these methods (never `graph.nx` directly), which is what keep
 from __future__ import annotations
 
 import bisect
+import contextlib
+import gc
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -20,6 +22,19 @@ from edit.graph.spec import RunSpec
 
 def _cell_group(cell: Cell) -> tuple:
     return (cell.model, cell.generation, cell.branch, cell.unit)
+
+
+@contextlib.contextmanager
+def paused_gc() -> Iterator[None]:
+    """Passes make many small dicts and records but no garbage cycles; a cyclic collection in the
+    middle of one walks the whole heap (a model's worth of objects), so it waits until the end."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 class Graph:
@@ -40,6 +55,7 @@ class Graph:
         self._by_step: dict[tuple[type, int | None], dict[Node, None]] = {}  # dicts: O(1) removal, insertion order
         self._types: dict[type, dict[int | None, None]] = {}  # kind -> the steps it occurs at
         self._cells: dict[tuple, list[Cell]] = {}  # residual group -> cells sorted by step
+        self._derived: dict | None = None  # effects and latest writers, until the next node edit
 
     # -- construction -------------------------------------------------------------------------
     def add_node(self, node: Node) -> Node:
@@ -54,6 +70,8 @@ class Graph:
         self.nx.add_node(node)
         self._index(node)
         self._order = None
+        if isinstance(node, Cell):  # only cells declare effects
+            self._derived = None
         return node
 
     def _index(self, node: Node) -> None:
@@ -63,7 +81,10 @@ class Graph:
         self._types.setdefault(type(node), {})[step] = None
         if isinstance(node, Cell):
             group = self._cells.setdefault(_cell_group(node), [])
-            bisect.insort(group, node, key=lambda c: c.step)
+            if not group or group[-1].step < node.step:  # plans are built and loaded in step order
+                group.append(node)
+            else:
+                bisect.insort(group, node, key=lambda c: c.step)
 
     def _reindex(self, old: Node, new: Node) -> None:
         self._by_name[new.name] = new
@@ -119,6 +140,8 @@ class Graph:
         self.nx.remove_node(node)
         self._unindex(node)
         self._order = None
+        if isinstance(node, Cell):
+            self._derived = None
 
     def replace_node(self, old: Node, new: Node) -> Node:
         """Swap a record for another (e.g. an `attrs.evolve`d one) keeping all its edges."""
@@ -142,6 +165,8 @@ class Graph:
         for u in pred[new]:
             succ[u][new] = succ[u].pop(old)
         self._order = None
+        if isinstance(old, Cell) or isinstance(new, Cell):
+            self._derived = None
         return new
 
     def replace_all_uses_with(self, old: Node, new: Node) -> None:
@@ -234,29 +259,51 @@ class Graph:
         group = self._cells.get(_cell_group(cell), [])
         i = bisect.bisect_left(group, cell.step, key=lambda c: c.step)
         if key is None or key == latest_key(cell):
-            for earlier in reversed(group[:i]):
-                if writes_latest(earlier):
-                    return earlier
-            return None
+            return self._latest_writers(_cell_group(cell), group)[i] if i else None
         if len(key) != 7 or key[1] != cell.generation:
             return None  # another generation's step key: written before this run
         src = self.cell_at(key[4], cell.branch, cell.unit, cell.model)  # a step key: only its own step writes it
         if src is None or src.step >= cell.step:
             return None
-        fx = cell_effects(self, src)
+        fx = self.effects(src)
         return src if key in fx.compute_writes + fx.reuse_writes else None
 
+    def _derived_cache(self) -> dict:
+        derived = getattr(self, "_derived", None)
+        if derived is None or derived["spec"] is not self.spec:  # keys carry the spec's timesteps and shape
+            derived = self._derived = {"spec": self.spec, "effects": {}, "writers": {}}
+        return derived
+
+    def _latest_writers(self, group_key: tuple, group: list[Cell]) -> list[Cell | None]:
+        """For each position i of a unit's cells, the last cell before it that writes the unit's
+        latest residual (computed once per graph version)."""
+        writers = self._derived_cache()["writers"]
+        found = writers.get(group_key)
+        if found is None or len(found) != len(group):
+            found, last = [], None
+            for c in group:
+                found.append(last)
+                if writes_latest(c):
+                    last = c
+            writers[group_key] = found
+        return found
+
     def effects(self, cell: Cell) -> Effects:
-        """The keys `cell` reads and writes on each path (`edit.graph.effects.cell_effects`)."""
-        return cell_effects(self, cell)
+        """The keys `cell` reads and writes on each path (`edit.graph.effects.cell_effects`, cached
+        until the next node edit)."""
+        effects = self._derived_cache()["effects"]
+        fx = effects.get(cell)
+        if fx is None:
+            fx = effects[cell] = cell_effects(self, cell)
+        return fx
 
     def read_keys(self, cell: Cell) -> list[tuple]:
         """Every store key the reuse path of `cell` reads (several for a cross-generation window)."""
-        return list(cell_effects(self, cell).reads)
+        return list(self.effects(cell).reads)
 
     def read_key(self, cell: Cell) -> tuple | None:
         """The store key the reuse path of `cell` reads (the first, for a window; None: it reads none)."""
-        reads = cell_effects(self, cell).reads
+        reads = self.effects(cell).reads
         return reads[0] if reads else None
 
     def units_per_forward(self) -> int:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import graphviz
 
-from edit.graph.effects import cell_effects, latest_key
+from edit.graph.effects import latest_key
 from edit.graph.nodes import (DATA, DECIDE, PREFETCH, REUSE, REUSE_MODE, Cell, Embed, Guide, Head, Input, Node,
                               Output, Prefetch, Probe, Unit, Update)
 from edit.graph.text import cell_states
@@ -141,14 +141,14 @@ class _Look:
                 state = self.states[cell.cell]
                 if state in ("S", "M", "R"):
                     if state == "R":
-                        self.source[cell.cell] = f"gen {cell_effects(graph, cell).reads[0][1]}"
+                        self.source[cell.cell] = f"gen {graph.effects(cell).reads[0][1]}"
                     elif cell.mode == REUSE_MODE and cell.source is not None:
                         self.source[cell.cell] = f"s{cell.source}"
                     elif written is not None:
                         self.source[cell.cell] = f"s{written}"
                 # "?": it may compute, so it is the latest writer as `graph.latest_writer` sees it; a
                 # miss recomputes into the key it read, which is the unit's latest unless it was pinned
-                if state in ("C", "?") or (state == "M" and latest_key(cell) in cell_effects(graph, cell).miss_writes):
+                if state in ("C", "?") or (state == "M" and latest_key(cell) in graph.effects(cell).miss_writes):
                     written = cell.step
 
     def state(self, step: int, branch: str, unit: int) -> str:

@@ -228,9 +228,7 @@ class Cell(_Blocks):
         return out + _model_suffix(self.model)
 
     def region(self, graph: Graph) -> list[str]:
-        from edit.graph.effects import cell_effects
-
-        fx = cell_effects(graph, self)
+        fx = graph.effects(self)
 
         def keys(found: tuple) -> str:
             return ", ".join(repr(k) for k in found)

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from edit.graph.core import Graph
-from edit.graph.effects import cell_effects
 from edit.graph.nodes import COMPUTE, DECIDE, REUSE_MODE, Cell
 
 #: Bytes of one element, by the dtype names a fingerprint records.
@@ -70,7 +69,7 @@ class Plan(Graph):
         modes = Counter(c.mode for c in cells)
         static = modes[COMPUTE] + modes[REUSE_MODE]
         residual = self.residual_bytes()
-        keys = {k for c in cells for k in cell_effects(self, c).writes}
+        keys = {k for c in cells for k in self.effects(c).writes}
         writes = modes[COMPUTE] + modes[DECIDE] + sum(c.pin for c in cells)
         out: dict[str, Any] = {
             "nodes": dict(sorted(Counter(type(n).__name__ for n in self.nx.nodes).items())),

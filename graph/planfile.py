@@ -18,7 +18,7 @@ from typing import Any
 import attrs
 
 from edit.graph import nodes as records
-from edit.graph.core import Graph
+from edit.graph.core import Graph, paused_gc
 from edit.graph.spec import RunSpec
 
 FORMAT = "edit-plan"
@@ -96,11 +96,12 @@ def load(path: str | os.PathLike, *, bind: bool = True) -> Any:
         raise PlanFileError(f"path: no plan file {str(path)!r}") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise PlanFileError(f"{path}: not a JSON plan file ({err})") from None
-    plan = from_dict(data, where=str(path))
-    try:
-        verify(plan)
-    except ValueError as err:
-        raise PlanFileError(f"{path}: {err}") from None
+    with paused_gc():  # many small records, no cycles: a collection would walk the model's heap
+        plan = from_dict(data, where=str(path))
+        try:
+            verify(plan)
+        except ValueError as err:
+            raise PlanFileError(f"{path}: {err}") from None
     plan = plan if isinstance(plan, Plan) else Plan.from_graph(plan, copy=False)
     missing = plan.missing_fields()
     if bind and missing:

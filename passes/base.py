@@ -16,16 +16,15 @@ True
 from __future__ import annotations
 
 import ast
-import contextlib
-import gc
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
 import attrs
 
 from edit.graph import Graph, verify
+from edit.graph.core import paused_gc  # noqa: F401  (re-exported: passes and the runtime use it)
 
 #: pass name -> pass class (or function), filled by `register_pass`; `Pipeline.parse` looks names up here.
 PASSES: dict[str, Any] = {}
@@ -92,19 +91,6 @@ class PassRecord:
     def __str__(self) -> str:
         what = f"+{self.added} -{self.removed} nodes" if self.changed else "unchanged"
         return f"{self.name}: {what} ({self.seconds * 1000:.1f} ms)"
-
-
-@contextlib.contextmanager
-def paused_gc() -> Iterator[None]:
-    """Passes make many small dicts and records but no garbage cycles; a cyclic collection in the
-    middle of one walks the whole heap (a model's worth of objects), so it waits until the end."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _check_passes(inst: Pipeline, attribute: attrs.Attribute, value: tuple) -> None:

@@ -16,16 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-VIDEO_SUFFIXES = (".mp4", ".gif")
-TINY_SIZE = (64, 96)
-FULL_SIZE = (480, 832)
-#: Policy keyword -> the flag that sets it, so a policy's refusal names what the user typed.
-POLICY_FLAGS = {"rel_l1_thresh": "--threshold", "wan_variant": "--wan-variant", "granularity": "--granularity"}
-SIZE_FLAGS = {"num_frames": "--frames", "height": "--height", "width": "--width"}
-
-
-class CliError(Exception):
-    """A user error: printed as one line, exit status 2."""
+from edit.cli_checks import (FULL_SIZE, POLICY_FLAGS, TINY_SIZE, CliError, check_drawing, check_flags,
+                             check_model_and_size, check_outputs, check_request)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -144,140 +136,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # -- checks that need no weights ---------------------------------------------------------------
-
-def check_flags(args: argparse.Namespace, planned: bool = False) -> None:
-    """Flags that contradict each other. `planned`: a saved plan gives the policy (then
-    `--threshold`/`--wan-variant` need no `--cache`; `saved_policy` checks them against it)."""
-    if args.cache is None and not planned:
-        for flag in ("threshold", "wan_variant") + (() if args.passes else ("granularity",)):
-            if getattr(args, flag) is not None:
-                raise CliError(f"--{flag.replace('_', '-')}: needs --cache POLICY")
-    if getattr(args, "trace", False) and args.render is None:
-        raise CliError("--trace: needs --render FILE (the drawing the decisions go into)")
-    if args.passes is not None:
-        from edit.passes import Pipeline
-
-        try:
-            args.passes_parsed = Pipeline.parse(args.passes).passes
-        except (TypeError, ValueError) as err:
-            raise CliError(f"--pass: {str(err).removeprefix('text: ')}") from None
-
-
-def check_drawing(args: argparse.Namespace, flag: str, value: str | None) -> Path | None:
-    """A drawing target: a known suffix, and a place its file and .dot source can be written."""
-    from edit._output import OutputError, check_target
-    from edit.graph import LEVELS
-    from edit.graph.draw import FORMATS
-
-    if args.level not in LEVELS:
-        raise CliError(f"--level: expected one of {', '.join(LEVELS)}, got {args.level!r}")
-    if value is None:
-        return None
-    path = Path(value)
-    if path.suffix.lstrip(".").lower() not in FORMATS:
-        raise CliError(f"{flag}: expected a file ending in {', '.join('.' + f for f in FORMATS)}, got {value!r}")
-    try:
-        check_target(path, flag)
-        if path.suffix.lower() != ".dot":
-            check_target(path.with_suffix(".dot"), flag)
-    except OutputError as err:
-        raise CliError(f"{err.flag}: {err}") from None
-    return path
-
-
-def check_outputs(args: argparse.Namespace) -> tuple[Path, Path | None]:
-    from edit._output import OutputError, check_target
-    from edit.graph import LEVELS
-    from edit.graph.draw import FORMATS
-
-    out = Path(args.out)
-    if out.suffix.lower() not in VIDEO_SUFFIXES:
-        raise CliError(f"--out: expected a file ending in {' or '.join(VIDEO_SUFFIXES)}, got {args.out!r}")
-    if out.suffix.lower() == ".gif" and args.fps > 100:
-        raise CliError(f"--fps: a GIF stores frame times in 1/100 s, so at most 100 fps; got {args.fps}")
-    if args.level not in LEVELS:
-        raise CliError(f"--level: expected one of {', '.join(LEVELS)}, got {args.level!r}")
-    plan = None if args.plan is None else Path(args.plan)
-    if plan is not None and plan.suffix.lstrip(".").lower() not in FORMATS:
-        raise CliError(f"--plan: expected a file ending in {', '.join('.' + f for f in FORMATS)}, got {args.plan!r}")
-    try:
-        check_target(out, "--out")
-        if plan is not None:
-            check_target(plan, "--plan")
-            if plan.suffix.lower() != ".dot":
-                check_target(plan.with_suffix(".dot"), "--plan")
-    except OutputError as err:
-        raise CliError(f"{err.flag}: {err}") from None
-    return out, plan
-
-
-def local_folder(model: str) -> Path | None:
-    looks_local = model.startswith((".", "/", "~")) or (os.sep in model and Path(model).expanduser().exists())
-    if not looks_local:
-        return None
-    folder = Path(model).expanduser()
-    if not (folder / "model_index.json").is_file():
-        raise CliError(f"--model: {model!r} is not a pipeline folder (no model_index.json); "
-                       "expected 'tiny', a folder written by save_pretrained, or a hub id")
-    return folder
-
-
-def limits_without_weights(model: str, folder: Path | None):
-    """The model's limits from its configs alone, or None when they need the download (a hub id)."""
-    from edit.limits import ModelLimits
-
-    if model == "tiny":
-        from edit.tiny import TINY_TRANSFORMER, TINY_VAE
-
-        return ModelLimits.from_configs(TINY_TRANSFORMER, TINY_VAE, {"num_train_timesteps": 1000}), 0
-    if folder is None:
-        return None
-    try:
-        configs = [json.loads((folder / part / name).read_text()) for part, name in
-                   (("transformer", "config.json"), ("vae", "config.json"), ("scheduler", "scheduler_config.json"))]
-    except (OSError, ValueError):
-        return None  # let the loader say what is wrong with the folder
-    weights = sum(f.stat().st_size for f in folder.rglob("*") if f.suffix in (".safetensors", ".bin") and f.is_file())
-    return ModelLimits.from_configs(*configs), weights
-
-
-def check_request(args: argparse.Namespace, limits, weight_bytes: int, height: int, width: int) -> None:
-    """Sizes, frames and steps the model can take, and a memory need the machine can hold."""
-    from edit.limits import gib, machine_bytes
-
-    for flag, value, patch in (("--height", height, limits.patch_size[1]), ("--width", width, limits.patch_size[2])):
-        multiple = max(16, limits.vae_spatial * patch)
-        if value % multiple:
-            raise CliError(f"{flag}: {value} is not a multiple of {multiple} "
-                           f"(VAE x{limits.vae_spatial} times patch {patch}; diffusers requires 16)")
-    t = limits.vae_temporal
-    if args.frames % t != 1 and t > 1:
-        low = max(1, args.frames // t * t + 1 - (t if args.frames % t == 0 else 0))
-        raise CliError(f"--frames: {args.frames} is not {t}k+1 (the VAE encodes 1 + {t}k frames); "
-                       f"try {low} or {low + t}")
-    if limits.num_train_timesteps and args.steps > limits.num_train_timesteps:
-        raise CliError(f"--steps: {args.steps} is more than the scheduler's {limits.num_train_timesteps} "
-                       "training timesteps (steps past that repeat timesteps)")
-    try:
-        limits.check_size(args.frames, height, width, names=SIZE_FLAGS)
-    except ValueError as err:
-        raise CliError(str(err)) from None
-    need, have = limits.estimate_bytes(args.frames, height, width, args.steps, weight_bytes), machine_bytes()
-    if need > have:
-        raise CliError(f"--frames/--height/--width: this video needs at least about {gib(need)} of memory, "
-                       f"more than this machine's {gib(have)}; ask for fewer frames or fewer pixels")
-
-
-def check_model_and_size(args: argparse.Namespace):
-    """The model folder (None for tiny or a hub id), the size, and the model's limits when its configs
-    can be read without the weights (checked against the request here, before loading)."""
-    folder = local_folder(args.model) if args.model != "tiny" else None
-    default = TINY_SIZE if args.model == "tiny" else FULL_SIZE
-    height, width = args.height or default[0], args.width or default[1]
-    known = limits_without_weights(args.model, folder)
-    if known is not None:
-        check_request(args, *known, height, width)
-    return folder, height, width, known
 
 
 # -- the run -----------------------------------------------------------------------------------

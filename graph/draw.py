@@ -23,16 +23,16 @@ import html
 import shutil
 import subprocess
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import graphviz
 
-from edit.graph.effects import latest_key
-from edit.graph.nodes import (DATA, DECIDE, PREFETCH, REUSE, REUSE_MODE, Cell, Embed, Guide, Head, Input, Node,
-                              Output, Prefetch, Probe, Unit, Update)
-from edit.graph.text import cell_states
+from edit.graph.draw_states import TRACE_STATES, _Look, _trace  # noqa: F401  (re-exported)
+from edit.graph.draw_style import (CELL_STYLE, EDGE_STYLE, NODE_STYLE, PREFETCH_COLOR, REUSE_COLOR,  # noqa: F401
+                                   RUNTIME_BORDER, _cell_look, _legend)
+from edit.graph.nodes import DATA, REUSE, REUSE_MODE, Cell, Guide, Input, Node, Prefetch, Unit, Update
 
 if TYPE_CHECKING:
     from edit.graph.core import Graph
@@ -40,30 +40,6 @@ if TYPE_CHECKING:
 LEVELS = ("nodes", "units", "steps")
 FORMATS = ("dot", "svg", "png", "pdf")
 
-#: Fill colour, line style and legend text of a cell by state. M only comes from a trace.
-CELL_STYLE = {"C": ("#b7e4c7", "solid", "computed"),
-              "S": ("#dee2e6", "dashed", "reused (from sN: the step whose residual it reads)"),
-              "R": ("#d0bfff", "dashed", "reused from another generation"),
-              "?": ("#ffd8a8", "solid", "decided at run time"),
-              "M": ("#ffa8a8", "solid", "reused, missed the store: recomputed")}
-TRACE_STATES = ("C", "S", "M")
-#: The border of a cell the policy decided at run time, once a trace says what it did.
-RUNTIME_BORDER = "#e8590c"
-REUSE_COLOR, PREFETCH_COLOR = "#1c7ed6", "#9c36b5"
-# weight 0, not constraint=false: dot then routes them through its crossing minimisation, down the
-# side of their own branch, instead of as free splines around everything in between
-EDGE_STYLE = {DATA: {},
-              REUSE: dict(color=REUSE_COLOR, style="dashed", weight="0"),
-              PREFETCH: dict(color=PREFETCH_COLOR, style="dashed", weight="0")}
-BLUE, YELLOW, PURPLE = "#d0ebff", "#fff3bf", "#eebefa"
-NODE_STYLE: dict[type, dict[str, str]] = {
-    Input: dict(shape="parallelogram"), Output: dict(shape="parallelogram"),
-    Embed: dict(shape="box", style="rounded,filled", fillcolor=BLUE),
-    Head: dict(shape="box", style="rounded,filled", fillcolor=BLUE),
-    Probe: dict(shape="box", style="filled", fillcolor=YELLOW),
-    Prefetch: dict(shape="cds", style="filled", fillcolor=PURPLE),
-    Guide: dict(shape="ellipse"), Update: dict(shape="ellipse"),
-}
 _CELL_KINDS = (Unit, Cell)
 #: Inputs every cell of a branch reads beside its hidden state (the embed's context, the probe's
 #: residual): the coarse levels draw the hidden state's chain and leave these to level "nodes".
@@ -91,75 +67,6 @@ def _check(graph: Any, level: str, steps: Iterable[int] | None) -> set[int] | No
     if unknown:
         raise ValueError(f"steps: {unknown} not in this plan (steps {min(known, default=0)}..{max(known, default=-1)})")
     return chosen
-
-
-def _trace(graph: Graph, trace: Any) -> dict[_TraceKey, str] | None:
-    """A run's trace as {(step, branch, unit): "C" | "S" | "M"}, checked against the plan."""
-    if trace is None:
-        return None
-    if hasattr(trace, "cell_states"):  # CacheStats
-        trace = trace.cell_states()
-    if not isinstance(trace, Mapping):
-        raise TypeError(f"trace: expected CacheStats, its cell_states() or its trace dict, got {type(trace).__name__}")
-    states: dict[_TraceKey, str] = {}
-    for key, value in trace.items():
-        if isinstance(key, tuple) and len(key) == 2 and isinstance(value, str):  # stats.trace: a row per unit
-            states.update(((step, key[0], key[1]), ch) for step, ch in enumerate(value))
-        elif isinstance(key, tuple) and len(key) == 3:
-            states[key] = value
-        else:
-            raise TypeError(f"trace: expected keys (step, branch, unit) or (branch, unit), got {key!r}")
-    cells = {n.cell for n in graph.nodes(Cell)}
-    for key, state in sorted(states.items(), key=lambda kv: (kv[0][0], str(kv[0][1]), kv[0][2])):
-        if state not in TRACE_STATES:
-            raise ValueError(f"trace: cell {key} has state {state!r}, expected one of {', '.join(TRACE_STATES)}")
-        if key not in cells:
-            raise ValueError(f"trace: cell {key} is not a cached cell of this plan (a trace of another plan?)")
-    return states
-
-
-class _Look:
-    """What each (step, branch, unit) is drawn as: its state, where a reuse reads from, its prefetch."""
-
-    def __init__(self, graph: Graph, trace: dict[_TraceKey, str] | None):
-        self.traced = trace is not None
-        self.states = cell_states(graph)
-        self.runtime: set[_TraceKey] = set()
-        self.source: dict[_TraceKey, str] = {}
-        self.prefetch = {(p.step, p.branch, p.unit): p.issue for p in graph.nodes(Prefetch)}
-        by_unit: dict[tuple, list[Cell]] = {}
-        for cell in graph.nodes(Cell):
-            by_unit.setdefault((cell.model, cell.generation, cell.branch, cell.unit), []).append(cell)
-            if cell.mode == DECIDE:
-                self.runtime.add(cell.cell)
-            if cell.mode == REUSE_MODE and cell.window:
-                self.states[cell.cell] = "R"
-        self.states.update(trace or {})
-        for cells in by_unit.values():
-            written: int | None = None  # the step whose compute path last saved this unit's residual
-            for cell in sorted(cells, key=lambda c: c.step):
-                state = self.states[cell.cell]
-                if state in ("S", "M", "R"):
-                    if state == "R":
-                        self.source[cell.cell] = f"gen {graph.effects(cell).reads[0][1]}"
-                    elif cell.mode == REUSE_MODE and cell.source is not None:
-                        self.source[cell.cell] = f"s{cell.source}"
-                    elif written is not None:
-                        self.source[cell.cell] = f"s{written}"
-                # "?": it may compute, so it is the latest writer as `graph.latest_writer` sees it; a
-                # miss recomputes into the key it read, which is the unit's latest unless it was pinned
-                if state in ("C", "?") or (state == "M" and latest_key(cell) in graph.effects(cell).miss_writes):
-                    written = cell.step
-
-    def state(self, step: int, branch: str, unit: int) -> str:
-        return self.states.get((step, branch, unit), "C")
-
-    def caption(self, cell: _TraceKey) -> str:
-        """The state line of a cell: "C", "S from s3", "M (s3 missed)", "?"."""
-        state, source = self.states.get(cell, "C"), self.source.get(cell)
-        if source is None:
-            return state
-        return f"M ({source} missed)" if state == "M" else f"{state} from {source}"
 
 
 # -- the drawing --------------------------------------------------------------------------------------
@@ -198,14 +105,6 @@ def _ident(key: tuple) -> str:
     if key[0] == "node":
         return key[1].name
     return ".".join(str(part) for part in key)
-
-
-def _cell_look(state: str, runtime: bool, look: _Look) -> dict[str, str]:
-    fill, line, _ = CELL_STYLE[state]
-    attrs = dict(shape="box", style=f"filled,{line}", fillcolor=fill)
-    if runtime and look.traced:
-        attrs.update(color=RUNTIME_BORDER, penwidth="2")
-    return attrs
 
 
 def _attributes(key: tuple, members: list[Node], look: _Look, spec: Any, level: str) -> dict[str, str]:
@@ -267,39 +166,6 @@ def _strip(step: int, branch: str, members: list[Node], look: _Look) -> dict[str
     states = "".join(look.state(*cell) for cell in cells)
     return dict(label=f'<<TABLE BORDER="0" CELLBORDER="1" CELLSPACING="0" CELLPADDING="1">{head}{row}</TABLE>>',
                 shape="plaintext", tooltip=f"s{step} {branch}: {states}")
-
-
-def _legend(level: str, look: _Look, graph: Graph) -> str:
-    def swatch(fill: str, line: str, border: str = "") -> str:
-        colour = f' COLOR="{border}"' if border else ""
-        return f'<TD BGCOLOR="{fill}" STYLE="{line}"{colour} BORDER="1" WIDTH="18" HEIGHT="10"></TD>'
-
-    def text(words: str, colour: str = "") -> str:
-        words = html.escape(words)
-        if colour:
-            words = f'<FONT COLOR="{colour}">{words}</FONT>'
-        return f'<TD ALIGN="LEFT">{words}</TD>'
-
-    rows = [f"<TR>{swatch(fill, line)}{text(words)}</TR>" for fill, line, words in CELL_STYLE.values()]
-    if look.traced:
-        rows.append(f"<TR>{swatch('#ffffff', 'solid', RUNTIME_BORDER)}"
-                    f"{text('decided at run time: filled with what the traced run did')}</TR>")
-    if level == "nodes":
-        rows.append(f"<TR>{text('- - ->', REUSE_COLOR)}"
-                    f"{text('reuse: from the cell whose residual is read', REUSE_COLOR)}</TR>")
-        if graph.nodes(Prefetch):
-            rows.append(f"<TR>{text('- - ->', PREFETCH_COLOR)}"
-                        f"{text('prefetch: stages a read, issued before a cell', PREFETCH_COLOR)}</TR>")
-        rows.append(f"<TR>{swatch(BLUE, 'rounded')}{text('embed / head')}</TR>")
-        if graph.nodes(Probe):
-            rows.append(f"<TR>{swatch(YELLOW, 'solid')}{text('first-block probe (always computed)')}</TR>")
-    elif graph.nodes(Prefetch):
-        rows.append(f"<TR>{text('prefetched', PREFETCH_COLOR)}"
-                    f"{text('its read is staged ahead (see level nodes)')}</TR>")
-    title = {"nodes": "every node and edge", "units": "one box per cell",
-             "steps": "one square per cell, a row per step"}[level]
-    return (f'<<TABLE BORDER="1" COLOR="#adb5bd" CELLBORDER="0" CELLSPACING="2" CELLPADDING="1">'
-            f'<TR><TD COLSPAN="2" ALIGN="LEFT"><B>legend</B> ({title})</TD></TR>{"".join(rows)}</TABLE>>')
 
 
 def to_dot(graph: Graph, *, level: str = "units", steps: Iterable[int] | None = None,

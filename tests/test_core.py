@@ -255,8 +255,13 @@ def test_a_kernel_error_names_the_node_being_executed():
 
 def test_graph_and_passes_import_without_torch_or_diffusers():
     code = ("import sys, edit.graph, edit.passes\n"
+            "from edit.graph import RunSpec\n"
             "from edit.passes import Pipeline, make_policy\n"
+            "from edit.passes.compiler import CacheSettings, ModelInfo, compile_plan\n"
             "p = make_policy('teacache', rel_l1_thresh=0.2)\n"
+            "spec = RunSpec(num_steps=3, timesteps=[999, 500, 1], num_blocks=2)\n"
+            "plan, _ = compile_plan(spec, ModelInfo('transformer', 2, {'model': 'm'}), CacheSettings(p))\n"
+            "assert 'apply_policy(policy=teacache(' in plan.pipeline\n"
             "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]"

@@ -269,3 +269,21 @@ def test_the_executor_reads_and_writes_exactly_the_declared_keys():
     assert {k for op, k in store.log if op == "get"} <= declared_reads
     assert {k for op, k in store.log if op == "put"} <= declared_writes
     assert any(len(k) == 7 for op, k in store.log if op == "get")  # the window's step keys were read
+
+
+def test_costs_are_an_explicit_value_recorded_in_the_plan(tmp_path):
+    from edit.passes.compiler import CostModel
+
+    store = TieredStore([(GPUStore(), 4000), (DiskStore(tmp_path), None)])
+    given = CostModel(bandwidth=1e6, latency=0.01, block_seconds=0.001)
+    pipe = long_pipe(store, costs=given)
+    assert pipe.cache.costs == given  # nothing measured: the user's figures
+    text = pipe.compile(4, 5.0, **SIZE).pipeline
+    assert "schedule_prefetch(residual_bytes=1728, bandwidth=1000000.0, latency=0.01, unit_seconds=0.002)" in text
+    same = long_pipe(store, prefetch={"bandwidth": 1e6, "latency": 0.01, "block_seconds": 0.001})
+    assert same.cache.costs == given and same.compile(4, 5.0, **SIZE).pipeline == text
+    with pytest.raises(ValueError, match="prefetch: bandwidth: expected None or a finite number > 0"):
+        long_pipe(store, prefetch={"bandwidth": -1})
+    with pytest.raises(TypeError, match="costs: expected an edit.passes.compiler.CostModel"):
+        long_pipe(store, costs={"bandwidth": 1e6})
+    store.close()

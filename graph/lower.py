@@ -19,17 +19,18 @@ def lower(spec: RunSpec) -> Graph:
     texts = {b: g.add_node(Input(f"text.{b}")) for b in spec.branches}
     for step in range(spec.num_steps):
         heads = {}
+        model = spec.model_at(step)
         for branch in spec.branches:
-            embed = g.add_node(Embed(step, branch, spec.model))
+            embed = g.add_node(Embed(step, branch, model))
             g.add_edge(latents, embed, port="latents")
             g.add_edge(texts[branch], embed, port="text")
             hidden, select = embed, "hidden"
             for index, blocks in enumerate(spec.units()):
-                unit = g.add_node(Unit(step, branch, index, blocks, spec.model))
+                unit = g.add_node(Unit(step, branch, index, blocks, model))
                 g.add_edge(hidden, unit, port="hidden", select=select)
                 g.add_edge(embed, unit, port="ctx")
                 hidden, select = unit, None
-            head = g.add_node(Head(step, branch, spec.model))
+            head = g.add_node(Head(step, branch, model))
             g.add_edge(hidden, head, port="hidden")
             g.add_edge(embed, head, port="ctx")
             heads[branch] = head

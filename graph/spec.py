@@ -52,9 +52,12 @@ def _check_blocks(inst: RunSpec, attribute: attrs.Attribute, value: int) -> None
 
 @attrs.frozen
 class RunSpec:
-    """Shape of a run: steps and their timesteps, CFG branches, blocks, granularity, generation, model id.
+    """Shape of a run: steps and their timesteps, CFG branches, blocks, granularity, generation, model id,
+    latent shape, and which model runs each step.
 
     `branches` is ("cond", "uncond") with classifier-free guidance and ("cond",) without.
+    `step_models` (one id per step) names the model of each step when a run uses several (the
+    caller fills it from its adapters); empty, every step runs `model`.
     """
 
     num_steps: int = attrs.field(validator=_check_steps)
@@ -67,11 +70,25 @@ class RunSpec:
     model: str = DEFAULT_MODEL
     latent_shape: tuple[int, ...] | None = attrs.field(default=None, converter=lambda s: None if s is None
                                                        else tuple(int(d) for d in s))
+    step_models: tuple[str, ...] = attrs.field(default=(), converter=tuple)
 
     def __attrs_post_init__(self) -> None:
         if len(self.timesteps) != self.num_steps:
             raise ValueError(f"timesteps: expected {self.num_steps} values (num_steps), got {len(self.timesteps)}")
+        if self.step_models and (len(self.step_models) != self.num_steps
+                                 or not all(isinstance(m, str) and m for m in self.step_models)):
+            raise ValueError(f"step_models: expected () or one model id per step ({self.num_steps}), "
+                             f"got {self.step_models!r}")
         check_granularity(self.granularity, self.num_blocks)
+
+    def model_at(self, step: int) -> str:
+        """The id of the model that runs `step` (`step_models`, e.g. Wan2.2's two experts; else `model`)."""
+        return self.step_models[step] if self.step_models else self.model
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """The ids of the models the run uses, in order of first use."""
+        return tuple(dict.fromkeys(self.step_models)) if self.step_models else (self.model,)
 
     @property
     def cfg(self) -> bool:

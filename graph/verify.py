@@ -118,6 +118,9 @@ def _check_against_spec(graph: Graph) -> None:
             seen.add((type(node), step, branch))
         elif isinstance(node, (Guide, Update)):
             seen.add((type(node), step))
+        model = getattr(node, "model", None)
+        if model is not None and model != spec.model_at(step):
+            raise GraphError(f"{_name(node)}: model {model!r}, but the spec runs {spec.model_at(step)!r} at step {step}")
         if isinstance(node, Cell) and node.generation != spec.generation:
             raise GraphError(f"{_name(node)}: generation {node.generation} differs from the spec's {spec.generation}")
     for step in range(spec.num_steps):

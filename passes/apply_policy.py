@@ -35,6 +35,9 @@ def apply_policy(graph: Graph, policy: Any) -> Graph:
     probe = needs_probe(policy)
     new = graph.copy()
     generation = new.spec.generation if new.spec is not None else 0
+    first_step: dict[str, int] = {}
+    for step in range(new.spec.num_steps):
+        first_step.setdefault(new.spec.model_at(step), step)
     for units in forwards(new).values():
         probe_node = None
         if probe:
@@ -43,7 +46,7 @@ def apply_policy(graph: Graph, policy: Any) -> Graph:
             probe_node, units = chain_units(new, units, unit_ranges(new.spec.granularity, new.spec.num_blocks,
                                                                    first=1), probe=Probe)
         for unit in units:
-            first = unit.step == 0
+            first = unit.step == first_step[unit.model]  # each model's cells start over: nothing crosses a switch
             cell = new.replace_node(unit, Cell(unit.step, unit.branch, unit.unit, unit.blocks,
                                                mode=COMPUTE if first else DECIDE, consult=first,
                                                generation=generation, model=unit.model))

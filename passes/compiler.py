@@ -159,7 +159,7 @@ def fingerprint(spec: RunSpec, model: ModelInfo, extra: dict[str, Any] | None = 
     out: dict[str, Any] = dict(model.fingerprint)
     out.update(extra or {})
     out.update({f: getattr(spec, f) for f in SPEC_FIELDS})
-    out["models"] = (model.model,)
+    out["models"] = spec.models
     out["window"] = tuple(window)
     out["residual_shape"] = model.residual_shape
     return out

@@ -175,3 +175,38 @@ def test_a_plan_for_another_model_id_is_refused():
     spec = plan.spec
     with pytest.raises(ValueError, match="num_blocks 3 differs from the model's 4"):
         compile_plan(spec, attrs.evolve(toy_info(adapter), num_blocks=4))
+
+
+def test_two_models_in_one_run_keep_their_own_cells_states_and_keys():
+    """Which model runs each step is the spec's (`step_models`, filled by the caller from its
+    adapters): records, residual keys, policy states and traces are each model's own, and no
+    residual is read across the switch (each model's first step computes)."""
+    first, second = ToyAdapter(), ToyAdapter()
+    second.model_id = "toy2"
+    second.blocks = [w.flip(0) for w in second.blocks]  # another expert
+    steps = ("toy",) * 3 + ("toy2",) * 3
+    spec = RunSpec(num_steps=len(TIMESTEPS), timesteps=TIMESTEPS, num_blocks=3, branches=("cond",),
+                   guidance_scale=1.0, model="toy", latent_shape=SHAPE, step_models=steps)
+    experts = {"toy": first, "toy2": second}
+    info = ModelInfo("toy", 3, {"model": "two toys", "weights": "seed0", "dtype": "torch.float32"}, SHAPE,
+                     lambda step: experts[steps[step]].time_signals(torch.tensor([TIMESTEPS[step]]), torch.float32))
+    policy = make_policy("temb_drift", thresh=10.0)  # skip whatever can be skipped
+    plan, _ = compile_plan(spec, info, CacheSettings(policy, granularity="per_block"),
+                           extra={"scheduler": "toy", "latent_shape": SHAPE})
+    assert plan.fingerprint["models"] == ("toy", "toy2")
+    assert {c.model for c in plan.nodes(Cell) if c.step >= 3} == {"toy2"}
+    assert all(plan.cell_at(s, "cond", u).mode == "compute" for s in (0, 3) for u in range(3))  # each model's first
+    assert plan.cell_at(4, "cond", 0).mode == "reuse" and plan.latest_writer(plan.cell_at(4, "cond", 0)).step == 3
+    gen = torch.Generator().manual_seed(1)
+    inputs = {"latents": torch.randn(SHAPE, generator=gen), "text.cond": torch.randn(1, 3, 8, generator=gen)}
+    program = compile_program(plan)
+    cache = CacheController(make_policy("temb_drift", thresh=10.0), store=GPUStore())
+    cache.begin_run(len(TIMESTEPS), program.num_units)
+    state = RunState(adapter=first, adapters={"toy2": second}, scheduler=ToyScheduler(),
+                     timesteps=torch.tensor(TIMESTEPS), inputs=inputs, cache=cache)
+    program.run(state)
+    assert set(cache.stats.traces) == {(m, "cond", u) for m in ("toy", "toy2") for u in range(3)}
+    assert cache.stats.traces[("toy2", "cond", 0)] == "CSS" and set(cache.stats.trace) == set(cache.stats.traces)
+    assert {k[0] for k in cache.residuals.keys()} == {"toy", "toy2"}
+    with pytest.raises(ValueError, match="step_models: expected"):
+        attrs.evolve(spec, step_models=("toy",) * 5)

@@ -282,13 +282,22 @@ def generate(args: argparse.Namespace) -> int:
     say(f"generated {frames.shape[0]} frames of {frames.shape[2]}x{frames.shape[1]} in {seconds:.2f} s "
         f"({args.steps} steps, {seconds / args.steps * 1000:.1f} ms/step; loading took {loaded:.2f} s more)")
     say(f"wrote {out}")
+    report_run(pipe, plan, args, render_path)
+    return 0
+
+
+def report_run(pipe, plan, args: argparse.Namespace, render_path: Path | None) -> None:
+    """The plan that ran, the cache's stats, and the drawing with the run's decisions."""
+    from edit._output import write_plan
+
     say("plan (C = computed, S = skipped, R = reused from another generation, ? = decided at run time):")
     say(plan.summary())
     if pipe.cache is not None:
         if args.stats == "json":
             say(json.dumps(pipe.cache.stats.as_dict()))
         else:
-            say(f"cache: {pipe.cache.policy.describe()}; passes {pipe.cache_pipeline}")
+            policy = pipe.cache.run_policy or pipe.cache.policy  # a saved plan's own, when one ran
+            say(f"cache: {policy.describe()}; passes {plan.pipeline or pipe.cache_pipeline}")
             say(str(pipe.cache.stats))
     if render_path is not None:
         trace = pipe.cache.stats if args.trace and pipe.cache is not None else None
@@ -296,7 +305,6 @@ def generate(args: argparse.Namespace) -> int:
         say(f"wrote {drawn} (the plan, level {args.level}{', with the run' + chr(39) + 's decisions' if trace else ''})")
         if note:
             print(f"edit: note: {note}", file=sys.stderr)
-    return 0
 
 
 def plan_command(args: argparse.Namespace) -> int:

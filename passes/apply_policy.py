@@ -137,7 +137,3 @@ def _is_apply_policy(item: ast.expr) -> bool:
     node = item.func if isinstance(item, ast.Call) else item
     cls = PASSES.get(node.id) if isinstance(node, ast.Name) else None
     return isinstance(cls, type) and issubclass(cls, ApplyPolicy)
-
-
-def is_policy(obj: Any) -> bool:
-    return isinstance(obj, (str, CachePolicy))

@@ -82,18 +82,7 @@ def set_cells(graph: Graph, mode: str | Mapping[Any, str], *, steps: Iterable[in
     if consult is not None and not isinstance(consult, bool):
         raise TypeError(f"consult: expected None or a bool, got {type(consult).__name__}")
     new = graph.copy() if any(isinstance(n, Cell) for n in graph.nodes(Cell)) else cells_from_units(graph)
-    if cells is not None:
-        if any(x is not None for x in (steps, branches, units)):
-            raise ValueError("cells: give either cells= or steps=/branches=/units=, not both")
-        chosen = []
-        for item in cells:
-            triple = item.cell if isinstance(item, Cell) else tuple(item)
-            cell = new.cell_at(*triple)
-            if cell is None:
-                raise ValueError(f"cells: no cell s{triple[0]}.{triple[1]}.u{triple[2]} in the graph")
-            chosen.append(cell)
-    else:
-        chosen = select_cells(new, steps=steps, branches=branches, units=units)
+    chosen = _chosen(new, cells, steps, branches, units)
     groups = set()
     wanted = {c.cell: modes[c.cell] if modes is not None else mode for c in chosen}
     for cell in sorted(chosen, key=lambda c: c.step):
@@ -120,6 +109,22 @@ def set_cells(graph: Graph, mode: str | Mapping[Any, str], *, steps: Iterable[in
         _swap(new, cell, attrs.evolve(cell, mode=target, consult=keep_consult, source=source, window=()), groups)
     _settle(new, groups)
     return new
+
+
+def _chosen(graph: Graph, cells: Iterable[Any] | None, steps: Any, branches: Any, units: Any) -> list[Cell]:
+    """The cells `set_cells` edits: explicit (step, branch, unit) triples, or a selection."""
+    if cells is None:
+        return select_cells(graph, steps=steps, branches=branches, units=units)
+    if any(x is not None for x in (steps, branches, units)):
+        raise ValueError("cells: give either cells= or steps=/branches=/units=, not both")
+    chosen = []
+    for item in cells:
+        triple = item.cell if isinstance(item, Cell) else tuple(item)
+        cell = graph.cell_at(*triple)
+        if cell is None:
+            raise ValueError(f"cells: no cell s{triple[0]}.{triple[1]}.u{triple[2]} in the graph")
+        chosen.append(cell)
+    return chosen
 
 
 def _swap(graph: Graph, cell: Cell, edited: Cell, groups: set) -> None:

@@ -12,10 +12,6 @@ from edit.passes import ApplyPolicy, Pipeline, plan_policy
 from edit.passes.compiler import CacheSettings, CostModel, certain_reads
 
 
-def _call_fields(spec: RunSpec) -> RunSpec:
-    return attrs.evolve(spec, granularity="stack")  # regroup sets the granularity, the call does not
-
-
 def check_plan(plan: Any, spec: RunSpec, expected: dict[str, Any]) -> None:
     """Refuse (naming the field) a plan this call cannot run: not a graph, unbound, or compiled for
     another model, weights, scheduler, dtype, size, steps, timesteps, guidance, generation or window."""
@@ -30,7 +26,7 @@ def check_plan(plan: Any, spec: RunSpec, expected: dict[str, Any]) -> None:
         problem = plan.mismatch(expected)
         if problem:
             raise ValueError(f"plan: {problem}; compile a plan for this call (pipe.compile)")
-    got, want = _call_fields(plan.spec), _call_fields(spec)
+    got, want = plan.spec.call_fields(), spec.call_fields()
     for field in attrs.fields(RunSpec):
         if getattr(got, field.name) != getattr(want, field.name):
             raise ValueError(f"plan: {field.name}: the plan was compiled for {getattr(got, field.name)!r}, this "

@@ -81,6 +81,10 @@ class RunSpec:
                              f"got {self.step_models!r}")
         check_granularity(self.granularity, self.num_blocks)
 
+    def call_fields(self) -> RunSpec:
+        """The spec with only what the call decides: all but the granularity, which `regroup` sets."""
+        return attrs.evolve(self, granularity="stack")
+
     def model_at(self, step: int) -> str:
         """The id of the model that runs `step` (`step_models`, e.g. Wan2.2's two experts; else `model`)."""
         return self.step_models[step] if self.step_models else self.model

@@ -126,7 +126,7 @@ class Pipeline:
             new = p(graph)
             if not isinstance(new, Graph):
                 raise TypeError(f"{pass_text(p)}: a pass must return a Graph, got {type(new).__name__}")
-            if _call_fields(new.spec) != _call_fields(graph.spec):
+            if _call_fields(new.spec) != _call_fields(graph.spec):  # a pass may regroup, not re-spec
                 raise ValueError(f"{pass_text(p)}: a pass may not change the run spec ({_spec_change(graph.spec, new.spec)}); "
                                  "the call decides steps, timesteps, guidance and size")
             if self.debug:
@@ -169,8 +169,7 @@ class Pipeline:
 
 
 def _call_fields(spec: Any) -> Any:
-    """A spec's fields the call decides: all but the granularity, which `regroup` sets."""
-    return spec if spec is None else attrs.evolve(spec, granularity="stack")
+    return spec if spec is None else spec.call_fields()
 
 
 def _spec_change(old: Any, new: Any) -> str:

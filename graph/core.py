@@ -8,8 +8,6 @@ graph only through these methods (never `graph.nx` directly), which is what keep
 from __future__ import annotations
 
 import bisect
-import contextlib
-import gc
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -22,19 +20,6 @@ from edit.graph.spec import RunSpec
 
 def _cell_group(cell: Cell) -> tuple:
     return (cell.model, cell.generation, cell.branch, cell.unit)
-
-
-@contextlib.contextmanager
-def paused_gc() -> Iterator[None]:
-    """Passes make many small dicts and records but no garbage cycles; a cyclic collection in the
-    middle of one walks the whole heap (a model's worth of objects), so it waits until the end."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 class Graph:

@@ -18,7 +18,8 @@ from typing import Any
 import attrs
 
 from edit.graph import nodes as records
-from edit.graph.core import Graph, paused_gc
+from edit.graph.core import Graph
+from edit.graph.gcpause import paused_gc
 from edit.graph.spec import RunSpec
 
 FORMAT = "edit-plan"

@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 import attrs
 
 from edit.graph import Graph, verify
-from edit.graph.core import paused_gc  # noqa: F401  (re-exported: passes and the runtime use it)
+from edit.graph.gcpause import paused_gc  # noqa: F401  (re-exported: passes and the runtime use it)
 
 #: pass name -> pass class (or function), filled by `register_pass`; `Pipeline.parse` looks names up here.
 PASSES: dict[str, Any] = {}

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -27,6 +29,26 @@ from edit.runtime.cache import CacheController
 from edit.runtime.fingerprint import config_digest, weights_version
 from edit.plans import check_plan, measured_costs, own_pipeline, run_policy
 from edit.runtime.offload import forward_hooks
+
+
+def _one_at_a_time(method: Callable) -> Callable:
+    """Calls from several threads run one after another (a pipeline's scheduler, cache and compiled
+    plan are state of one run); a call from inside a running call of the same pipeline, in the same
+    thread (a step callback calling it again), is refused instead of corrupting that run."""
+    @functools.wraps(method)
+    def guarded(self, *args: Any, **kwargs: Any) -> Any:
+        me = threading.get_ident()
+        if getattr(self, "_running_in", None) == me:
+            raise RuntimeError(f"{method.__name__}: this pipeline is already running a call in this thread (a "
+                               "step callback calling it again?); use another pipeline object for nested runs")
+        lock = self.__dict__.setdefault("_call_lock", threading.Lock())
+        with lock:
+            self._running_in = me
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                self._running_in = None
+    return guarded
 
 
 class EditWanPipeline(WanPipeline):
@@ -50,6 +72,7 @@ class EditWanPipeline(WanPipeline):
         super().__init__(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler,
                          transformer=transformer, transformer_2=transformer_2, boundary_ratio=boundary_ratio,
                          expand_timesteps=expand_timesteps)
+        self._call_lock = threading.Lock()  # one call at a time (`_one_at_a_time`)
         self._program_cache: tuple[Any, Program, Any] | None = None
         self.cache: CacheController | None = None
         self._settings: CacheSettings | None = None
@@ -163,6 +186,7 @@ class EditWanPipeline(WanPipeline):
         """What each pass of the last compile did (`PassRecord`s, one line each)."""
         return "\n".join(str(r) for r in self.pass_records)
 
+    @_one_at_a_time
     def compile(self, num_inference_steps: int = 50, guidance_scale: float = 5.0, *, prompt: str | None = None,
                 negative_prompt: str | None = None, height: int = 480, width: int = 832, num_frames: int = 81,
                 batch_size: int = 1, num_videos_per_prompt: int = 1) -> Plan:
@@ -265,6 +289,7 @@ class EditWanPipeline(WanPipeline):
         return self._program_cache[1], None
 
     # -- the call -----------------------------------------------------------------------------
+    @_one_at_a_time
     @torch.no_grad()
     def __call__(
         self,

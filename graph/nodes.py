@@ -256,6 +256,10 @@ class Cell(_Blocks):
             if self.generation in self.window:
                 return f"window={list(self.window)} holds the cell's own generation {self.generation}"
             return None
+        if self.mode != COMPUTE and graph.get(f"s{self.step}.{self.branch}.probe") is not None \
+                and "probe" not in graph.inputs_of(self):
+            return ("its forward has a first-block probe, but no probe edge reaches this cell (the policy that "
+                    "decides it reads the probe's residual)")
         if self.mode == COMPUTE:
             return None
         earlier = graph.previous_cell(self)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,8 @@ import attrs
 from edit.graph import nodes as records
 from edit.graph.core import Graph
 from edit.graph.gcpause import paused_gc
+from edit.graph.planio import PlanFileError, read_text, sweep_temps, write_text
+from edit.graph.planschema import check_field, parse_int
 from edit.graph.spec import RunSpec
 
 FORMAT = "edit-plan"
@@ -31,8 +32,6 @@ KINDS: dict[str, type] = {cls.__name__: cls for cls in (records.Input, records.E
                                                          records.Update, records.Output)}
 
 
-class PlanFileError(ValueError):
-    """A plan file that cannot be read as a plan; the message names the file and what is wrong."""
 
 
 def register_node_kind(cls: type) -> type:
@@ -71,17 +70,7 @@ def to_dict(plan: Graph) -> dict[str, Any]:
 def save(plan: Graph, path: str | os.PathLike) -> Path:
     """Write `plan` to `path` atomically (a temp file in the same folder, then a rename)."""
     path = Path(path)
-    text = json.dumps(to_dict(plan), indent=1)
-    folder = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text(path, json.dumps(to_dict(plan), indent=1) + "\n")
 
 
 def load(path: str | os.PathLike, *, bind: bool = True) -> Any:
@@ -91,12 +80,14 @@ def load(path: str | os.PathLike, *, bind: bool = True) -> Any:
     from edit.graph.verify import verify
 
     path = Path(path)
+    text = read_text(path)
+    sweep_temps(path)
     try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise PlanFileError(f"path: no plan file {str(path)!r}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        data = json.loads(text, parse_int=parse_int)
+    except json.JSONDecodeError as err:
         raise PlanFileError(f"{path}: not a JSON plan file ({err})") from None
+    except RecursionError:
+        raise PlanFileError(f"{path}: not a plan file (JSON nested too deeply to be one)") from None
     with paused_gc():  # many small records, no cycles: a collection would walk the model's heap
         plan = from_dict(data, where=str(path))
         try:
@@ -127,6 +118,11 @@ def from_dict(data: Any, *, where: str = "plan") -> Any:
     spec = None
     if data.get("spec") is not None:
         try:
+            if not isinstance(data["spec"], dict):
+                raise TypeError("expected an object of RunSpec fields")
+            types = {f.name: f.type for f in attrs.fields(RunSpec)}
+            for key, value in data["spec"].items():
+                check_field(value, types.get(key), key)
             spec = RunSpec(**data["spec"])
         except (TypeError, ValueError) as err:
             raise PlanFileError(f"{where}: spec: {err}") from None
@@ -163,7 +159,10 @@ def _record(entry: Any, where: str) -> records.Node:
     unknown = sorted(set(fields) - known)
     if unknown:
         raise PlanFileError(f"{where} (%{name}): {kind} has no field(s) {unknown} (fields: {sorted(known)})")
+    types = {f.name: f.type for f in attrs.fields(cls)}
     try:
+        for key, value in fields.items():
+            check_field(value, types[key], key)
         node = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
     except (TypeError, ValueError) as err:
         raise PlanFileError(f"{where} (%{name}): {err}") from None

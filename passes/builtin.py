@@ -36,14 +36,17 @@ class SetCells(Pass):
                                          metadata={"text": lambda v: repr(list(v))})
     units: tuple | None = attrs.field(default=None, converter=_opt_tuple, metadata={"text": lambda v: repr(list(v))})
     consult: bool | None = None
+    missing: str = "error"
 
     def __attrs_post_init__(self) -> None:
         if self.mode not in CELL_MODES:
             raise ValueError(f"mode: expected one of {CELL_MODES}, got {self.mode!r}")
+        if self.missing not in ("error", "ignore"):
+            raise ValueError(f"missing: expected 'error' or 'ignore', got {self.missing!r}")
 
     def run(self, graph: Graph) -> Graph:
         return set_cells(graph, self.mode, steps=self.steps, branches=self.branches, units=self.units,
-                         consult=self.consult)
+                         consult=self.consult, missing=self.missing)
 
 
 def default_pipeline(*, granularity: str | int = "stack", policy: Any = None, fold: bool = True,

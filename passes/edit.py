@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
+import networkx as nx
 
 from edit.graph import (CELL_MODES, COMPUTE, DECIDE, PREFETCH, REUSE_MODE, Cell, Graph, GraphError, Node, Prefetch,
                         Unit)
@@ -57,7 +58,7 @@ def cells_from_units(graph: Graph) -> Graph:
 
 def set_cells(graph: Graph, mode: str | Mapping[Any, str], *, steps: Iterable[int] | None = None,
               branches: Iterable[str] | None = None, units: Iterable[int] | None = None,
-              cells: Iterable[Any] | None = None, consult: bool | None = None) -> Graph:
+              cells: Iterable[Any] | None = None, consult: bool | None = None, missing: str = "error") -> Graph:
     """Set the mode of the selected cells: "compute", "reuse" or "decide" (None selects all).
 
     `cells` selects explicit (step, branch, unit) triples (or `Cell` records) instead; `mode` may
@@ -67,8 +68,11 @@ def set_cells(graph: Graph, mode: str | Mapping[Any, str], *, steps: Iterable[in
     cell to the bound policy at run time, except on a unit's first step, which has nothing to reuse
     and computes (consulting the policy). `consult` (None: leave as is) says whether the policy
     still sees a cell whose path is fixed. Reuses later in the same units are re-pointed when the
-    edit changed which step they read.
+    edit changed which step they read. A selection value that matches no cell (a step, branch or
+    unit the graph does not have) is an error unless `missing="ignore"`.
     """
+    if missing not in ("error", "ignore"):
+        raise ValueError(f"missing: expected 'error' or 'ignore', got {missing!r}")
     if isinstance(mode, Mapping):
         if any(x is not None for x in (steps, branches, units, cells)):
             raise ValueError("mode: a {cell: mode} mapping selects its own cells; give no other selection")
@@ -83,6 +87,8 @@ def set_cells(graph: Graph, mode: str | Mapping[Any, str], *, steps: Iterable[in
         raise TypeError(f"consult: expected None or a bool, got {type(consult).__name__}")
     new = graph.copy() if any(isinstance(n, Cell) for n in graph.nodes(Cell)) else cells_from_units(graph)
     chosen = _chosen(new, cells, steps, branches, units)
+    if missing == "error" and cells is None:
+        _check_selection(new, steps=steps, branches=branches, units=units)
     groups = set()
     wanted = {c.cell: modes[c.cell] if modes is not None else mode for c in chosen}
     for cell in sorted(chosen, key=lambda c: c.step):
@@ -125,6 +131,21 @@ def _chosen(graph: Graph, cells: Iterable[Any] | None, steps: Any, branches: Any
             raise ValueError(f"cells: no cell s{triple[0]}.{triple[1]}.u{triple[2]} in the graph")
         chosen.append(cell)
     return chosen
+
+
+def _check_selection(graph: Graph, **selection: Any) -> None:
+    """Every value asked for must name cells the graph has (a unit 1 at stack granularity does not)."""
+    cells = graph.nodes(Cell)
+    for what, values in selection.items():
+        wanted = _selection(values, what)
+        if wanted is None:
+            continue
+        field = what[:-2] if what == "branches" else what[:-1]
+        have = {getattr(c, field) for c in cells}
+        absent = sorted(wanted - have, key=str)
+        if absent:
+            raise ValueError(f"{what}: {absent} match no cell of this graph ({what} it has: "
+                             f"{sorted(have, key=str)}); pass missing='ignore' to skip them")
 
 
 def _swap(graph: Graph, cell: Cell, edited: Cell, groups: set) -> None:
@@ -202,13 +223,18 @@ def reroute_reuse(graph: Graph, cell: Cell | tuple, source: int) -> Graph:
     if src.mode != COMPUTE:
         raise GraphError(f"%{target.name}: source=s{source}: %{src.name} is in mode {src.mode}; only a cell that "
                          "always computes is a static source (set_cells(g, 'compute', ...) first)")
-    target = new.replace_node(target, attrs.evolve(target, mode=REUSE_MODE, source=source, consult=target.consult))
+    if target.mode == REUSE_MODE and target.source == source:
+        return graph  # it reads that source already
+    target = new.replace_node(target, attrs.evolve(target, mode=REUSE_MODE, source=source, consult=target.consult,
+                                                   window=()))
     if new.latest_writer(target) is not src and not src.pin:
         new.replace_node(src, attrs.evolve(src, pin=True))
-    _check_prefetches(new, {(target.model, target.generation, target.branch, target.unit)})
-    problem = new.cell_at(*target.cell).check(new)
-    if problem:
-        raise GraphError(f"%{target.name}: {problem}")
+    group = (target.model, target.generation, target.branch, target.unit)
+    _settle(new, {group})  # a later reuse that read this cell's residual now reads the latest writer before it
+    for cell in new.cells(group):
+        problem = cell.check(new)
+        if problem:
+            raise GraphError(f"%{cell.name}: {problem}")
     return new
 
 
@@ -254,9 +280,24 @@ def remove_prefetch(graph: Graph, prefetch: Prefetch | Cell | tuple) -> Graph:
 
 
 def replace_all_uses_with(graph: Graph, old: Node, new_node: Node) -> Graph:
-    """A new graph where every consumer of `old` reads `new_node` instead (`new_node` is added if absent)."""
+    """A new graph where every consumer of `old` reads `new_node` instead (`new_node` is added if
+    absent). Both must belong to the same step and branch (a rewire across them would change the
+    run while its summary stays the same), and the rewire may not make a cycle."""
+    if old not in graph:
+        raise ValueError(f"old: %{getattr(old, 'name', old)} is not a node of the graph")
+    if new_node == old:
+        raise ValueError(f"new_node: is %{old.name} itself; nothing would change")
+    for field in ("step", "branch"):
+        a, b = getattr(old, field, None), getattr(new_node, field, None)
+        if a is not None and b is not None and a != b:
+            raise ValueError(f"new_node: %{new_node.name} is at {field} {b!r}, %{old.name} at {a!r}; a rewire stays "
+                             "within one step and branch")
     new = graph.copy()
     new.add_node(new_node)
+    for consumer in new.consumers(old, kind=None):
+        if consumer == new_node or nx.has_path(new.nx, consumer, new_node):
+            raise ValueError(f"new_node: %{new_node.name} depends on %{consumer.name}, a consumer of %{old.name}: "
+                             "the rewire would make a cycle")
     new.replace_all_uses_with(old, new_node)
     return new
 

@@ -219,3 +219,58 @@ def test_a_decide_cell_that_lost_its_probe_edge_is_refused_at_load(tmp_path):
     path.write_text(json.dumps(data))
     with pytest.raises(PlanFileError, match=f"%{victim}: its forward has a first-block probe, but no probe edge"):
         Plan.load(path)
+
+
+# -- the editing API's contract ------------------------------------------------------------------------------------
+
+def _two_unit_graph(steps: int = 5):
+    from edit.graph import RunSpec, lower
+
+    return lower(RunSpec(num_steps=steps, timesteps=[900.0 - 100 * i for i in range(steps)], num_blocks=4,
+                         granularity=2))
+
+
+def test_replace_all_uses_with_refuses_rewires_across_steps_branches_itself_and_cycles():
+    from edit.passes import replace_all_uses_with
+
+    g = _two_unit_graph()
+    with pytest.raises(ValueError, match="new_node: %s2.cond.u0 is at step 2, %s1.cond.u0 at 1"):
+        replace_all_uses_with(g, g.node("s1.cond.u0"), g.node("s2.cond.u0"))
+    with pytest.raises(ValueError, match="new_node: %s1.uncond.u0 is at branch 'uncond', %s1.cond.u0 at 'cond'"):
+        replace_all_uses_with(g, g.node("s1.cond.u0"), g.node("s1.uncond.u0"))
+    with pytest.raises(ValueError, match="is %s1.cond.u0 itself"):
+        replace_all_uses_with(g, g.node("s1.cond.u0"), g.node("s1.cond.u0"))
+    with pytest.raises(ValueError, match="would make a cycle"):
+        replace_all_uses_with(g, g.node("s1.cond.u0"), g.node("s1.cond.u1"))
+    lowered = _two_unit_graph()
+    old, new = lowered.node("s1.cond.u0"), lowered.node("s1.cond.embed")
+    ok = replace_all_uses_with(lowered, old, new)  # within the forward, no cycle: allowed
+    assert lowered.consumers(old) and not ok.consumers(old) and new in ok.inputs_of(ok.node("s1.cond.u1"))["hidden"]
+
+
+def test_reroute_reuse_keeps_later_reuses_valid_and_a_repeat_is_a_no_op():
+    from edit.graph import verify
+    from edit.passes import reroute_reuse, set_cells
+
+    g = set_cells(_two_unit_graph(), "reuse", steps=[2, 3], units=[1])  # s2, s3 read s1
+    again = reroute_reuse(g, (3, "cond", 1), 1)
+    assert reroute_reuse(again, (3, "cond", 1), 1) is again  # before: "new: ... already in the graph"
+    # s1 computes and s2, s3 read it; making s1 a reuse of s0 re-points s2 and s3 to s0 (pinned)
+    moved = verify(reroute_reuse(g, (1, "cond", 1), 0))
+    assert moved.node("s1.cond.u1").source == 0 and {moved.node(f"s{s}.cond.u1").source for s in (2, 3)} == {0}
+
+
+def test_set_cells_selecting_nothing_is_an_error_unless_asked_to_ignore():
+    from edit.passes import set_cells
+
+    g = _two_unit_graph()
+    with pytest.raises(ValueError, match=r"steps: \[100\] match no cell of this graph"):
+        set_cells(g, "reuse", steps=[100], units=[1])
+    with pytest.raises(ValueError, match=r"units: \[7\] match no cell"):
+        set_cells(g, "reuse", steps=[2], units=[7])
+    assert set_cells(g, "reuse", steps=[100], units=[7], missing="ignore").summary() == \
+        set_cells(g, "compute").summary()
+    pipe = EditWanPipeline(**components())  # the README's --pass at the default stack granularity: no unit 1
+    pipe.enable_cache("none", passes=[lambda graph: set_cells(graph, "reuse", steps=[2], units=[1])])
+    with pytest.raises(ValueError, match=r"units: \[1\] match no cell of this graph \(units it has: \[0\]\)"):
+        generate(pipe, num_inference_steps=STEPS)

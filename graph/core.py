@@ -256,7 +256,7 @@ class Graph:
     def _derived_cache(self) -> dict:
         derived = getattr(self, "_derived", None)
         if derived is None or derived["spec"] is not self.spec:  # keys carry the spec's timesteps and shape
-            derived = self._derived = {"spec": self.spec, "effects": {}, "writers": {}}
+            derived = self._derived = {"spec": self.spec, "effects": {}, "writers": {}, "reads": {}}
         return derived
 
     def _latest_writers(self, group_key: tuple, group: list[Cell]) -> list[Cell | None]:
@@ -281,6 +281,14 @@ class Graph:
         if fx is None:
             fx = effects[cell] = cell_effects(self, cell)
         return fx
+
+    def reads(self, cell: Cell, key: tuple) -> bool:
+        """Whether the reuse path of `cell` reads `key` (O(1): a window reads one key per generation)."""
+        sets = self._derived_cache()["reads"]
+        found = sets.get(cell)
+        if found is None:
+            found = sets[cell] = frozenset(self.effects(cell).reads)
+        return key in found
 
     def read_keys(self, cell: Cell) -> list[tuple]:
         """Every store key the reuse path of `cell` reads (several for a cross-generation window)."""

@@ -314,7 +314,7 @@ class Prefetch(Node):
         reader = readers[0]
         if reader.mode == COMPUTE:
             return f"prefetches for %{reader.name}, which always computes (it reads nothing)"
-        if self.key not in graph.read_keys(reader):
+        if not graph.reads(reader, self.key):
             return f"key {self.key!r} is not a key %{reader.name} reads ({graph.read_keys(reader)!r})"
         if self.order_key() >= reader.order_key():
             return f"issued at s{self.issue[0]}.{self.issue[1]}.u{self.issue[2]}, not before its read"

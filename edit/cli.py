@@ -185,7 +185,15 @@ def saved_policy(args: argparse.Namespace, plan):
     from edit.graph import Cell
     from edit.passes import make_policy, plan_policy
 
-    if plan is None or not plan.find(Cell):
+    if plan is None:
+        return None
+    for flag, given in (("--pass", args.passes), ("--granularity", args.granularity)):
+        if given is not None:  # the plan's passes ran when it was compiled: nothing here would apply them
+            raise CliError(f"{flag}: a --plan-file plan is already compiled (its passes: {plan.pipeline or '(none)'}); "
+                           f"drop {flag} or compile another plan with it")
+    if not plan.find(Cell):
+        if args.cache is not None:
+            raise CliError("--cache: the --plan-file plan has no cache cells; drop --cache or compile another plan")
         return None
     try:
         policy = plan_policy(plan) or make_policy("none")
@@ -258,8 +266,7 @@ def generate(args: argparse.Namespace) -> int:
     import torch
 
     pipe.set_progress_bar_config(disable=True)
-    plan = saved_plan or pipe.compile(num_inference_steps=args.steps, guidance_scale=args.guidance, height=height,
-                                      width=width, num_frames=args.frames)
+    plan = saved_plan or compile_plan_for(pipe, args, height=height, width=width, num_frames=args.frames)
     if plan_path is not None:
         drawn, note = write_plan(plan, plan_path, args.level)
         say(f"wrote {drawn} (the plan, level {args.level})")
@@ -286,12 +293,27 @@ def generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def compile_plan_for(pipe, args: argparse.Namespace, **size) -> object:
+    """`pipe.compile` for the flags; an error raised by a `--pass` pass is reported under that flag."""
+    from edit.passes import pass_text
+
+    try:
+        return pipe.compile(num_inference_steps=args.steps, guidance_scale=args.guidance, **size)
+    except (TypeError, ValueError) as err:
+        user = [pass_text(p) for p in getattr(args, "passes_parsed", ())]
+        if user and not str(err).startswith("plan"):
+            raise CliError(f"--pass: {str(err).splitlines()[0]}") from None
+        raise
+
+
 def report_run(pipe, plan, args: argparse.Namespace, render_path: Path | None) -> None:
     """The plan that ran, the cache's stats, and the drawing with the run's decisions."""
     from edit._output import write_plan
 
     say("plan (C = computed, S = skipped, R = reused from another generation, ? = decided at run time):")
     say(plan.summary())
+    if args.stats == "json" and pipe.cache is None:
+        say(json.dumps({"cache": None, "summary": plan.summary()}))  # one JSON line, whatever the flags
     if pipe.cache is not None:
         if args.stats == "json":
             say(json.dumps(pipe.cache.stats.as_dict()))
@@ -325,8 +347,7 @@ def plan_command(args: argparse.Namespace) -> int:
     pipe = load_pipeline(args.model, folder)
     enable_cache(pipe, args)
     start = time.perf_counter()
-    plan = pipe.compile(num_inference_steps=args.steps, guidance_scale=args.guidance, prompt=args.prompt,
-                        height=height, width=width, num_frames=args.frames)
+    plan = compile_plan_for(pipe, args, prompt=args.prompt, height=height, width=width, num_frames=args.frames)
     say(f"compiled {len(plan)} nodes in {time.perf_counter() - start:.2f} s; passes: {plan.pipeline or '(none)'}")
     say("plan (C = computed, S = skipped, R = reused from another generation, ? = decided at run time):")
     say(plan.summary())

@@ -198,8 +198,10 @@ def set_window(graph: Graph, window: Iterable[int], *, steps: Iterable[int] | No
     window = tuple(sorted({int(g) for g in window}))
     new = graph.copy() if graph.nodes(Cell) else cells_from_units(graph)
     own = new.spec.generation if new.spec is not None else 0
-    if own in window:
-        raise ValueError(f"window: {list(window)} holds the graph's own generation {own}")
+    newer = [g for g in window if g >= own]
+    if newer:
+        raise ValueError(f"window: {list(window)} holds generation(s) {newer}, not older than the graph's own "
+                         f"generation {own} (a segment reuses earlier segments only)")
     groups = set()
     for cell in select_cells(new, steps=steps, branches=branches, units=units):
         _swap(new, cell, attrs.evolve(cell, mode=REUSE_MODE, window=window, source=None, pin=True) if window

@@ -274,3 +274,45 @@ def test_set_cells_selecting_nothing_is_an_error_unless_asked_to_ignore():
     pipe.enable_cache("none", passes=[lambda graph: set_cells(graph, "reuse", steps=[2], units=[1])])
     with pytest.raises(ValueError, match=r"units: \[1\] match no cell of this graph \(units it has: \[0\]\)"):
         generate(pipe, num_inference_steps=STEPS)
+
+
+# -- CLI flag combinations -------------------------------------------------------------------------------------------
+
+RUN = ["generate", "a fox", "--steps", "3", "--frames", "9", "--height", "32", "--width", "48"]
+
+
+@pytest.mark.parametrize("passes, expected", [
+    ("set_cells(mode=reuse, steps=[99])", "--pass: steps: [99] match no cell of this graph"),
+    ("set_cells(mode=reuse, mode=compute)", "--pass: set_cells: parameter 'mode' is given twice"),
+    ("warm_start(window=[1], warm_steps=1)", "--pass: window: [1] holds generation(s) [1], not older"),
+    ("set_cells(mode=reuse, steps=[0])", "--pass: %s0.cond.u0: cannot reuse"),
+    ("regroup(granularity=2)", "--pass: graph: regroup must run before apply_policy"),
+])
+def test_a_pass_that_cannot_apply_is_one_line_naming_the_flag(tmp_path, capsys, passes, expected):
+    code = main([*RUN, "--out", str(tmp_path / "v.gif"), "--pass", passes])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and expected in lines[0], lines
+    assert not (tmp_path / "v.gif").exists()
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--pass", "dce"], "--pass: a --plan-file plan is already compiled"),
+    (["--granularity", "2"], "--granularity: a --plan-file plan is already compiled"),
+    (["--cache", "teacache"], "--cache: the --plan-file plan has no cache cells"),
+])
+def test_flags_a_plan_file_would_ignore_are_refused(tmp_path, capsys, flags, expected):
+    path = tmp_path / "p.json"
+    assert main(["plan", "a fox", "--steps", "3", "--frames", "9", "--height", "32", "--width", "48",
+                 "--save", str(path)]) == 0
+    capsys.readouterr()
+    code = main([*RUN, "--out", str(tmp_path / "v.gif"), "--plan-file", str(path), *flags])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and expected in lines[0], lines
+
+
+def test_stats_json_without_a_cache_still_prints_one_json_line(tmp_path, capsys):
+    import json
+
+    assert main([*RUN, "--out", str(tmp_path / "v.gif"), "--stats", "json"]) == 0
+    found = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert found and found[-1]["cache"] is None and "step" in found[-1]["summary"]

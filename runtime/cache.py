@@ -136,6 +136,10 @@ class CacheStats:
                 "skip_ratio": self.skip_ratio, "steps_skipped": self.steps_skipped,
                 "trace": {":".join(map(str, k)): t for k, t in self.trace.items()}, "store": self.store}
 
+    def __repr__(self) -> str:
+        return (f"<CacheStats computed={self.computed} skipped={self.skipped} recomputed={self.recomputed} "
+                f"trace={self.trace!r}>")
+
     def __str__(self) -> str:
         lines = [f"computed {self.computed}, skipped {self.skipped} ({self.skip_ratio:.0%} of unit evaluations), "
                  f"whole-stack skips {self.steps_skipped:.0%} of forwards, recomputed {self.recomputed}"]

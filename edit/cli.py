@@ -227,7 +227,8 @@ def policy_error(policy: str, err: Exception) -> str:
     if sep and name in POLICY_FLAGS:
         return f"{POLICY_FLAGS[name]}: {rest}"
     if sep and name == "policy":
-        return f"--cache: {rest}"
+        argument = rest.partition("has no argument '")[2].partition("'")[0]
+        return f"{POLICY_FLAGS.get(argument, '--cache')}: {rest}"  # the flag that gave the argument
     return f"--cache {policy}: {first}"
 
 
@@ -370,7 +371,11 @@ def main(argv: list[str] | None = None) -> int:
     from edit._output import OutputError
 
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        if not (sys.argv[1:] if argv is None else argv):  # bare `edit`: the usage, not one line
+            parser.print_help(sys.stderr)
+            return 2
+        args = parser.parse_args(argv)
         return plan_command(args) if args.command == "plan" else generate(args)
     except CliError as err:
         print(f"edit: error: {err}", file=sys.stderr)

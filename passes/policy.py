@@ -10,6 +10,7 @@ import contextlib
 import contextvars
 import inspect
 import math
+import warnings
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -264,10 +265,27 @@ def register_policy(name: str) -> Callable[[type], type]:
     def deco(cls: type) -> type:
         if not (isinstance(cls, type) and issubclass(cls, CachePolicy)):
             raise TypeError(f"register_policy({name!r}): {cls!r} is not a subclass of edit.cache.CachePolicy")
+        taken = REGISTRY.get(name)
+        if taken is not None and taken is not cls and _qualname(taken) != _qualname(cls):
+            warnings.warn(f"register_policy({name!r}): replaces {_qualname(taken)} with {_qualname(cls)}",
+                          stacklevel=2)
         cls.name = name
         REGISTRY[name] = cls
         return cls
     return deco
+
+
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _unknown_arguments(cls: type, name: str, kwargs: dict[str, Any]) -> None:
+    """TypeError naming the policy, the argument and the ones it takes, before the constructor runs."""
+    allowed = policy_arguments(cls)
+    unknown = [k for k in kwargs if allowed is not None and k not in allowed]
+    if unknown:
+        raise TypeError(f"policy: {name} has no argument {unknown[0]!r} "
+                        f"({'arguments: ' + ', '.join(allowed) if allowed else 'it takes none'})")
 
 
 def make_policy(policy: str | CachePolicy | type, **kwargs: Any) -> CachePolicy:
@@ -279,11 +297,13 @@ def make_policy(policy: str | CachePolicy | type, **kwargs: Any) -> CachePolicy:
     if isinstance(policy, type):
         if not issubclass(policy, CachePolicy):
             raise TypeError(f"policy: {policy.__name__} is not a subclass of edit.cache.CachePolicy")
+        _unknown_arguments(policy, policy.__name__, kwargs)
         return policy(**kwargs)
     if isinstance(policy, str):
         load_builtin_policies()
         if policy not in REGISTRY:
             raise ValueError(f"policy: unknown policy {policy!r}; registered: {', '.join(sorted(REGISTRY))}")
+        _unknown_arguments(REGISTRY[policy], policy, kwargs)
         return REGISTRY[policy](**kwargs)
     raise TypeError(f"policy: expected a registered name, a CachePolicy subclass or instance, got {type(policy).__name__}")
 

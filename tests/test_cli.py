@@ -45,7 +45,7 @@ def test_generate_with_a_cache_prints_stats_and_draws_the_plan(tmp_path, capsys)
     (["--cache", "teacache", "--threshold", "-1"], "--threshold: expected a finite number >= 0"),
     (["--cache", "teacache", "--granularity", "0"], "--granularity: an int group size must be in [1, 4]"),
     (["--cache", "teacache", "--wan-variant", "t2v-7B"], "--wan-variant: unknown 't2v-7B'"),
-    (["--cache", "fbcache", "--wan-variant", "t2v-1.3B"], "--cache fbcache: "),
+    (["--cache", "fbcache", "--wan-variant", "t2v-1.3B"], "--wan-variant: fbcache has no argument 'wan_variant'"),
     (["--threshold", "0.1"], "--threshold: needs --cache POLICY"),
     (["--plan", "plan.jpg"], "--plan: expected a file ending in .dot, .svg, .png, .pdf"),
     (["--level", "blocks"], "--level: expected one of nodes, units, steps"),

@@ -316,3 +316,35 @@ def test_stats_json_without_a_cache_still_prints_one_json_line(tmp_path, capsys)
     assert main([*RUN, "--out", str(tmp_path / "v.gif"), "--stats", "json"]) == 0
     found = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert found and found[-1]["cache"] is None and "step" in found[-1]["summary"]
+
+
+# -- silently doing nothing, friction -------------------------------------------------------------------------------
+
+def test_policy_registry_and_arguments_say_what_is_wrong():
+    from edit.cache import CachePolicy, register_policy
+    from edit.passes import make_policy
+
+    with pytest.raises(TypeError, match=r"policy: teacache has no argument 'bogus' \(arguments: rel_l1_thresh"):
+        make_policy("teacache", bogus=1)
+
+    @register_policy("hardening_probe")
+    class First(CachePolicy):
+        def should_compute(self, ctx):
+            return True
+    with pytest.raises(TypeError, match=r"policy: hardening_probe has no argument 'foo' \(it takes none\)"):
+        make_policy("hardening_probe", foo=1)
+    with pytest.warns(UserWarning, match="register_policy\\('hardening_probe'\\): replaces .*First with .*Second"):
+        @register_policy("hardening_probe")
+        class Second(CachePolicy):
+            def should_compute(self, ctx):
+                return True
+
+
+def test_bare_edit_prints_the_usage_and_stats_have_a_repr(capsys):
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: edit") and "generate" in err and "plan" in err
+    pipe = EditWanPipeline(**components())
+    pipe.enable_cache("fbcache", rel_l1_thresh=0.3)
+    generate(pipe, num_inference_steps=STEPS)
+    assert repr(pipe.cache.stats).startswith("<CacheStats computed=") and "trace={('cond', 0):" in repr(pipe.cache.stats)

@@ -69,15 +69,17 @@ def add_run_arguments(gen: argparse.ArgumentParser) -> None:
                           "(default: tiny)")
     gen.add_argument("--negative-prompt", default=None, metavar="TEXT",
                      help="what to steer away from with classifier-free guidance (default: none)")
-    gen.add_argument("--steps", type=_positive_int("--steps"), default=20, help="denoising steps (default: 20)")
-    gen.add_argument("--frames", type=_positive_int("--frames"), default=33,
-                     help="frames, 4k+1 as the VAE needs (default: 33)")
+    gen.add_argument("--steps", type=_positive_int("--steps"), default=None,
+                     help="denoising steps (default: a --plan-file plan's, else 20)")
+    gen.add_argument("--frames", type=_positive_int("--frames"), default=None,
+                     help="frames, 4k+1 as the VAE needs (default: a --plan-file plan's, else 33)")
     gen.add_argument("--height", type=_positive_int("--height"), default=None,
                      help=f"pixels, a multiple of 16 (default: {TINY_SIZE[0]} on the tiny model, {FULL_SIZE[0]} otherwise)")
     gen.add_argument("--width", type=_positive_int("--width"), default=None,
                      help=f"pixels, a multiple of 16 (default: {TINY_SIZE[1]} on the tiny model, {FULL_SIZE[1]} otherwise)")
-    gen.add_argument("--guidance", type=_finite("--guidance", 0, " (<= 1 turns guidance off)"), default=5.0,
-                     help="classifier-free guidance scale; values <= 1 turn guidance off, as in diffusers (default: 5.0)")
+    gen.add_argument("--guidance", type=_finite("--guidance", 0, " (<= 1 turns guidance off)"), default=None,
+                     help="classifier-free guidance scale; values <= 1 turn guidance off, as in diffusers "
+                          "(default: a --plan-file plan's, else 5.0)")
     cache = gen.add_argument_group("step caching")
     cache.add_argument("--cache", default=None, metavar="POLICY",
                        help="a registered cache policy: teacache, fbcache, none, ... (default: no cache)")
@@ -250,7 +252,7 @@ def generate(args: argparse.Namespace) -> int:
     check_flags(args, planned=saved is not None)
     out, plan_path = check_outputs(args)
     render_path = check_drawing(args, "--render", args.render)
-    folder, height, width, known = check_model_and_size(args)
+    folder, height, width, known = check_model_and_size(args, saved_plan)
 
     start = time.perf_counter()
     pipe = load_pipeline(args.model, folder)

@@ -143,13 +143,44 @@ def check_request(args: argparse.Namespace, limits, weight_bytes: int, height: i
                        f"more than this machine's {gib(have)}; ask for fewer frames or fewer pixels")
 
 
-def check_model_and_size(args: argparse.Namespace):
+#: What --steps, --frames and --guidance are when neither the flag nor a --plan-file says.
+DEFAULTS = {"steps": 20, "frames": 33, "guidance": 5.0}
+
+
+def from_plan(args: argparse.Namespace, plan, limits) -> None:
+    """Steps, guidance and (with the model's VAE factors known before loading) the size a --plan-file
+    plan was compiled for, for each flag not given; a flag that disagrees is refused now, before the
+    model loads, naming it."""
+    spec = plan.spec
+    shape = plan.fingerprint.get("latent_shape") if isinstance(getattr(plan, "fingerprint", None), dict) else None
+    planned = {"steps": spec.num_steps if spec else None, "guidance": spec.guidance_scale if spec else None}
+    if limits is not None and shape is not None and len(shape) == 5:
+        planned.update(frames=(shape[2] - 1) * limits.vae_temporal + 1, height=shape[3] * limits.vae_spatial,
+                       width=shape[4] * limits.vae_spatial)
+    for flag, value in planned.items():
+        if value is None:
+            continue
+        given = getattr(args, flag)
+        if given is None:
+            setattr(args, flag, value)
+        elif given != value:
+            raise CliError(f"--{flag}: the --plan-file plan was compiled for {value!r}, this call asks for "
+                           f"{given!r}; drop --{flag} (the plan's is used) or compile another plan")
+
+
+def check_model_and_size(args: argparse.Namespace, plan=None):
     """The model folder (None for tiny or a hub id), the size, and the model's limits when its configs
-    can be read without the weights (checked against the request here, before loading)."""
+    can be read without the weights (checked against the request here, before loading). A
+    --plan-file `plan` gives the steps, guidance and size its flags leave out."""
     folder = local_folder(args.model) if args.model != "tiny" else None
+    known = limits_without_weights(args.model, folder)
+    if plan is not None:
+        from_plan(args, plan, None if known is None else known[0])
+    for flag, value in DEFAULTS.items():
+        if getattr(args, flag) is None:
+            setattr(args, flag, value)
     default = TINY_SIZE if args.model == "tiny" else FULL_SIZE
     height, width = args.height or default[0], args.width or default[1]
-    known = limits_without_weights(args.model, folder)
     if known is not None:
         check_request(args, *known, height, width)
     return folder, height, width, known

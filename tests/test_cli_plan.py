@@ -107,7 +107,7 @@ def test_a_plan_file_for_another_call_is_refused(tmp_path, capsys):
     assert main(["plan", "a red fox", *SMALL, "--save", str(saved)]) == 0
     assert main(["generate", "a red fox", "--steps", "7", "--frames", "9", "--height", "32", "--width", "48",
                  "--plan-file", str(saved), "--out", str(tmp_path / "fox.gif")]) == 2
-    assert "--plan-file: plan: num_steps: the plan was compiled for 6, this call has 7" in capsys.readouterr().err
+    assert "--steps: the --plan-file plan was compiled for 6, this call asks for 7" in capsys.readouterr().err
     assert not (tmp_path / "fox.gif").exists()
 
 

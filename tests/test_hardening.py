@@ -348,3 +348,19 @@ def test_bare_edit_prints_the_usage_and_stats_have_a_repr(capsys):
     pipe.enable_cache("fbcache", rel_l1_thresh=0.3)
     generate(pipe, num_inference_steps=STEPS)
     assert repr(pipe.cache.stats).startswith("<CacheStats computed=") and "trace={('cond', 0):" in repr(pipe.cache.stats)
+
+
+def test_a_plan_file_gives_its_steps_size_and_guidance_and_a_contradicting_flag_is_refused_before_loading(
+        tmp_path, capsys):
+    path = tmp_path / "p.json"
+    assert main(["plan", "a fox", "--steps", "4", "--frames", "9", "--height", "32", "--width", "48",
+                 "--guidance", "3.0", "--save", str(path)]) == 0
+    capsys.readouterr()
+    assert main(["generate", "a fox", "--out", str(tmp_path / "v.gif"), "--plan-file", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "generated 9 frames of 48x32" in out and "(4 steps," in out
+    code = main(["generate", "a fox", "--out", str(tmp_path / "w.gif"), "--plan-file", str(path), "--steps", "20"])
+    captured = capsys.readouterr()
+    assert code == 2 and "loaded" not in captured.out  # refused before the model loads
+    assert captured.err.strip() == ("edit: error: --steps: the --plan-file plan was compiled for 4, this call asks "
+                                    "for 20; drop --steps (the plan's is used) or compile another plan")

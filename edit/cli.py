@@ -313,8 +313,13 @@ def report_run(pipe, plan, args: argparse.Namespace, render_path: Path | None) -
     """The plan that ran, the cache's stats, and the drawing with the run's decisions."""
     from edit._output import write_plan
 
-    say("plan (C = computed, S = skipped, R = reused from another generation, ? = decided at run time):")
-    say(plan.summary())
+    if pipe.cache is not None:  # what ran: the trace fills in the cells decided at run time
+        say("run (C = computed, S = skipped, M = skipped but missed the store: recomputed, R = reused from "
+            "another generation):")
+        say(plan.summary(trace=pipe.cache.stats.cell_states()))
+    else:
+        say("plan (C = computed, S = skipped, R = reused from another generation, ? = decided at run time):")
+        say(plan.summary())
     if args.stats == "json" and pipe.cache is None:
         say(json.dumps({"cache": None, "summary": plan.summary()}))  # one JSON line, whatever the flags
     if pipe.cache is not None:

@@ -342,9 +342,9 @@ class Graph:
         from edit.graph.text import to_text
         return to_text(self)
 
-    def summary(self) -> str:
+    def summary(self, trace: dict | None = None) -> str:
         from edit.graph.text import summary
-        return summary(self)
+        return summary(self, trace)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {len(self)} nodes, {self.nx.number_of_edges()} edges>"

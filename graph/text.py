@@ -70,9 +70,12 @@ def cell_state(node: Node) -> str:
     return "?" if node.mode == DECIDE else "S"
 
 
-def summary(graph: Graph) -> str:
-    """A step x branch grid with one character per unit (see `cell_states`)."""
+def summary(graph: Graph, trace: dict[tuple[int, str, int], str] | None = None) -> str:
+    """A step x branch grid with one character per unit (see `cell_states`); with `trace` (a run's
+    `stats.cell_states()`), what each cell did in that run instead (C, S, or M: missed, recomputed)."""
     cells = cell_states(graph)
+    if trace:
+        cells.update((k, v) for k, v in trace.items() if k in cells and (cells[k] == "?" or v == "M"))
     steps = sorted({k[0] for k in cells})
     branches = [b for b in (graph.spec.branches if graph.spec else ("cond", "uncond"))
                 if any(k[1] == b for k in cells)]

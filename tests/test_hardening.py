@@ -364,3 +364,11 @@ def test_a_plan_file_gives_its_steps_size_and_guidance_and_a_contradicting_flag_
     assert code == 2 and "loaded" not in captured.out  # refused before the model loads
     assert captured.err.strip() == ("edit: error: --steps: the --plan-file plan was compiled for 4, this call asks "
                                     "for 20; drop --steps (the plan's is used) or compile another plan")
+
+
+def test_the_grid_after_a_run_shows_what_ran(tmp_path, capsys):
+    assert main([*RUN, "--steps", "6", "--out", str(tmp_path / "v.gif"), "--cache", "fbcache", "--threshold",
+                 "0.3"]) == 0
+    out = capsys.readouterr().out
+    grid = out[out.index("run (C = computed"):].splitlines()[2:8]
+    assert [row.split()[1:] for row in grid] == [["C", "C"]] + [["S", "S"]] * 5  # no "?" left

@@ -72,6 +72,30 @@ def check_enable_cache(*, store: Any, fold: Any) -> None:
         raise TypeError(f"store: expected a store instance such as {store.__name__}(), got the class itself")
 
 
+_WARNED: set = set()
+
+
+def check_variant(policy: Any, transformer: Any) -> None:
+    """Warn once per (variant, architecture) when TeaCache's published coefficients were fitted on
+    another architecture than the transformer's (layers, width): its skips then mean little;
+    `edit.cache.calibrate_teacache` fits coefficients for this model."""
+    from edit.passes.policies import TEACACHE_ARCHITECTURES
+
+    variant = getattr(policy, "wan_variant", None)
+    if not getattr(policy, "published", False) or variant not in TEACACHE_ARCHITECTURES or transformer is None:
+        return
+    config = transformer.config
+    have = (int(config.num_layers), int(config.num_attention_heads) * int(config.attention_head_dim))
+    fitted = TEACACHE_ARCHITECTURES[variant]
+    if have != fitted and (variant, have) not in _WARNED:
+        _WARNED.add((variant, have))
+        import warnings
+
+        warnings.warn(f"teacache: the {variant} coefficients were fitted on {fitted[0]} layers of width {fitted[1]}; "
+                      f"this transformer has {have[0]} layers of width {have[1]}. Fit its own with "
+                      "edit.cache.calibrate_teacache and pass coefficients=...", UserWarning, stacklevel=3)
+
+
 def check_prefetch(prefetch: Any, costs: Any) -> Any:
     """`enable_cache`'s `prefetch` and `costs`; returns the `CostModel` they give (None: measure)."""
     from edit.passes.compiler import CostModel

@@ -20,7 +20,7 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.pipelines.wan.pipeline_output import WanPipelineOutput
 
 from edit import diffusers_face as face
-from edit.checks import check_call, check_enable_cache, check_int, check_prefetch
+from edit.checks import check_call, check_enable_cache, check_int, check_prefetch, check_variant
 from edit.graph import Graph, Plan, RunSpec, check_granularity
 from edit.passes import Pipeline, check_warm_steps, make_policy, pipeline_policy
 from edit.passes.compiler import CacheSettings, CostModel, ModelInfo, certain_reads, compile_plan, fingerprint
@@ -237,6 +237,7 @@ class EditWanPipeline(WanPipeline):
             if getattr(policy, "warm_steps", None) is not None:
                 check_warm_steps(policy.warm_steps, num_inference_steps)
         check_granularity(granularity, self.adapter.num_blocks)
+        check_variant(policy, self.transformer)
         passes = tuple(passes)
         for p in passes:
             if not callable(p):

@@ -10,6 +10,10 @@ from typing import Any
 from edit.passes.policy import (CacheContext, CachePolicy, PolicyState, check_threshold, register_policy, relative_l1,
                                 resolved)
 
+#: The architecture (layers, hidden width) each published variant's coefficients were fitted on.
+TEACACHE_ARCHITECTURES: dict[str, tuple[int, int]] = {"t2v-1.3B": (30, 1536), "t2v-14B": (40, 5120),
+                                                      "i2v-480P": (40, 5120), "i2v-720P": (40, 5120)}
+
 #: TeaCache4Wan2.1 rescaling polynomials (highest degree first): variant -> {use_ret_steps: coefficients}.
 TEACACHE_COEFFICIENTS: dict[str, dict[bool, tuple[float, ...]]] = {
     "t2v-1.3B": {
@@ -72,6 +76,7 @@ class TeaCache(CachePolicy):
         if not isinstance(use_ret_steps, bool):
             raise TypeError(f"use_ret_steps: expected a bool, got {type(use_ret_steps).__name__}")
         self.use_ret_steps = use_ret_steps
+        self.published = coefficients is None  # fitted on wan_variant's checkpoint, not on this model
         if coefficients is None:
             if wan_variant not in TEACACHE_COEFFICIENTS:
                 raise ValueError(f"wan_variant: unknown {wan_variant!r}; expected one of "

@@ -372,3 +372,18 @@ def test_the_grid_after_a_run_shows_what_ran(tmp_path, capsys):
     out = capsys.readouterr().out
     grid = out[out.index("run (C = computed"):].splitlines()[2:8]
     assert [row.split()[1:] for row in grid] == [["C", "C"]] + [["S", "S"]] * 5  # no "?" left
+
+
+def test_published_teacache_coefficients_on_another_architecture_warn_once(recwarn):
+    from edit import checks
+
+    checks._WARNED.clear()
+    pipe = EditWanPipeline(**components())
+    pipe.enable_cache("teacache")
+    pipe.enable_cache("teacache", rel_l1_thresh=0.3)
+    messages = [str(w.message) for w in recwarn if "teacache:" in str(w.message)]
+    assert messages == ["teacache: the t2v-1.3B coefficients were fitted on 30 layers of width 1536; this "
+                        "transformer has 4 layers of width 24. Fit its own with edit.cache.calibrate_teacache and "
+                        "pass coefficients=..."]
+    pipe.enable_cache("teacache", coefficients=[1.0, 0.0])  # its own: nothing to say
+    assert len([w for w in recwarn if "teacache:" in str(w.message)]) == 1

@@ -66,3 +66,6 @@ def test_long_video(tmp_path, capsys):
     out = run_example("long_video.py", ["--segments", "3", "--steps", "6", "--out", str(tmp_path / "long.gif")], capsys)
     assert "segment 2: window [0, 1]" in out and (tmp_path / "long.gif").stat().st_size > 0
     assert "wrote" in out and "25 frames from 3 segments" in out
+    import re
+    staged = [int(n) for n in re.findall(r"prefetches (\d+)", out)]
+    assert staged[0] == 0 and all(n > 0 for n in staged[1:])  # the window's reads are staged from the disk tier

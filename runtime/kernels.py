@@ -7,7 +7,7 @@ import time
 import attrs
 import torch
 
-from edit.graph import COMPUTE, DECIDE, Cell, cell_effects, Embed, Guide, Head, Input, Output, Prefetch, Probe, Unit, Update
+from edit.graph import COMPUTE, DECIDE, Cell, Embed, Guide, Head, Input, Output, Prefetch, Probe, Unit, Update
 from edit.runtime.executor import register_kernel
 from edit.runtime.state import RunState
 
@@ -105,7 +105,10 @@ def run_cell(state: RunState, node: Cell, hidden: torch.Tensor, ctx, probe: torc
     else:
         compute = node.mode == COMPUTE
     store = cache.residuals
-    fx = state.effects.get(node) or cell_effects(None, node)
+    fx = state.effects.get(node)
+    if fx is None:  # keys derived without the plan would lack its timesteps and latent shape
+        raise ValueError(f"%{node.name}: run it through its Program (compile_program), which knows the keys it "
+                         "reads and writes")
     if compute:
         out = adapter.run_blocks(node.blocks[0], node.blocks[1], hidden, ctx)
         residual = out - hidden

@@ -1,7 +1,5 @@
 """`python -m edit ...` runs the `edit` command line."""
 
-import sys
+from edit.cli import run
 
-from edit.cli import main
-
-sys.exit(main())
+run()

@@ -154,7 +154,8 @@ def _commit(temp: Path, path: Path, flag: str) -> None:
         raise OutputError(flag, f"cannot write {str(path)!r}: {_reason(err)}") from None
 
 
-def write_plan(plan, path: Path, level: str, flag: str = "--plan", trace=None) -> tuple[Path, str | None]:
+def write_plan(plan, path: Path, level: str, flag: str = "--plan", trace=None,
+               steps=None) -> tuple[Path, str | None]:
     """Render the plan (and its DOT source next to it) atomically; returns the main file written and
     a note when graphviz's `dot` was missing (then only the source is written)."""
     from edit.graph import render
@@ -168,7 +169,8 @@ def write_plan(plan, path: Path, level: str, flag: str = "--plan", trace=None) -
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                made = render(plan, staging / path.name, level=level, **({} if trace is None else {"trace": trace}))
+                made = render(plan, staging / path.name, level=level, steps=steps,
+                              **({} if trace is None else {"trace": trace}))
             except (KeyboardInterrupt, OutputError):
                 raise
             except Exception as err:

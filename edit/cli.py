@@ -12,6 +12,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -115,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "(graphviz; see --level) (default: no drawing)")
     gen.add_argument("--level", default="units",
                      help="detail of --plan and --render: nodes, units or steps (default: units)")
+    gen.add_argument("--render-steps", default=None, metavar="STEPS",
+                     help="steps the drawings show: A:B (B left out), A:B:STEP, a list 0,5,10, or all "
+                          "(default: all at --level steps or up to 6 steps; else 5 spread over the run)")
     gen.add_argument("--plan-file", default=None, metavar="PLAN.json",
                      help="replay a plan saved with `edit plan --save` (checked against this call) (default: compile one)")
     gen.add_argument("--render", default=None, metavar="FILE",
@@ -132,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--render", default=None, metavar="FILE",
                       help="draw the plan: .svg, .png, .pdf or .dot (default: no drawing)")
     plan.add_argument("--level", default="units", help="detail of --render: nodes, units or steps (default: units)")
+    plan.add_argument("--render-steps", default=None, metavar="STEPS",
+                      help="steps the drawings show: A:B (B left out), A:B:STEP, a list 0,5,10, or all "
+                           "(default: all at --level steps or up to 6 steps; else 5 spread over the run)")
     plan.add_argument("--save", default=None, metavar="PLAN.json",
                       help="write the plan as versioned JSON, for `edit generate --plan-file` (default: not saved)")
     return parser
@@ -253,6 +260,7 @@ def generate(args: argparse.Namespace) -> int:
     out, plan_path = check_outputs(args)
     render_path = check_drawing(args, "--render", args.render)
     folder, height, width, known = check_model_and_size(args, saved_plan)
+    drawn_steps = choose_drawn_steps(args, render_path or plan_path)
 
     start = time.perf_counter()
     pipe = load_pipeline(args.model, folder)
@@ -270,16 +278,17 @@ def generate(args: argparse.Namespace) -> int:
 
     pipe.set_progress_bar_config(disable=True)
     plan = saved_plan or compile_plan_for(pipe, args, height=height, width=width, num_frames=args.frames)
+    callback = announce_long_run(pipe, plan)
     if plan_path is not None:
-        drawn, note = write_plan(plan, plan_path, args.level)
+        drawn, note = write_plan(plan, plan_path, args.level, steps=drawn_steps[0])
         say(f"wrote {drawn} (the plan, level {args.level})")
-        if note:
-            print(f"edit: note: {note}", file=sys.stderr)
+        notes(note, drawn_steps[1])
     start = time.perf_counter()
     try:
         frames = pipe(args.prompt, negative_prompt=args.negative_prompt, height=height, width=width,
                       num_frames=args.frames, num_inference_steps=args.steps, guidance_scale=args.guidance,
-                      generator=torch.Generator("cpu").manual_seed(args.seed), output_type="np", plan=plan).frames[0]
+                      generator=torch.Generator("cpu").manual_seed(args.seed), output_type="np", plan=plan,
+                      callback_on_step_end=callback).frames[0]
     except ValueError as err:
         if saved_plan is None or not str(err).startswith("plan"):
             raise
@@ -292,8 +301,39 @@ def generate(args: argparse.Namespace) -> int:
     say(f"generated {frames.shape[0]} frames of {frames.shape[2]}x{frames.shape[1]} in {seconds:.2f} s "
         f"({args.steps} steps, {seconds / args.steps * 1000:.1f} ms/step; loading took {loaded:.2f} s more)")
     say(f"wrote {out}")
-    report_run(pipe, plan, args, render_path)
+    report_run(pipe, plan, args, render_path, drawn_steps)
     return 0
+
+
+LONG_RUN_SECONDS = 10.0  # a run estimated longer says so first, and shows its progress bar
+
+
+def announce_long_run(pipe, plan):
+    """For a run estimated to be long: say its tokens per forward and the time it will take, show
+    the progress bar from the first step, and say when decoding starts. Returns the step callback
+    that says it (None for a short run, which prints nothing more)."""
+    from edit.estimate import estimate_run
+
+    estimate = estimate_run(pipe, plan)
+    if estimate.seconds < LONG_RUN_SECONDS:
+        return None
+    say(f"a long run: {estimate.describe()}")
+    pipe.set_progress_bar_config(disable=False, file=sys.stderr)
+    last = plan.spec.num_steps - 1
+    frames = 1 + (plan.spec.latent_shape[2] - 1) * pipe.vae_scale_factor_temporal
+    pixels = f"{plan.spec.latent_shape[4] * pipe.vae_scale_factor_spatial}x{plan.spec.latent_shape[3] * pipe.vae_scale_factor_spatial}"
+
+    def on_step_end(pipe_, step, timestep, outputs):
+        if step == last:  # through tqdm, so the line does not land inside the bar
+            from tqdm.auto import tqdm
+
+            try:
+                tqdm.write(f"decoding {frames} frames of {pixels} (about {estimate.decode_seconds:.0f} s)",
+                           file=sys.stdout)
+            except BrokenPipeError:
+                say("")  # quiets the closed stdout as `say` does
+        return outputs
+    return on_step_end
 
 
 def compile_plan_for(pipe, args: argparse.Namespace, **size) -> object:
@@ -309,7 +349,27 @@ def compile_plan_for(pipe, args: argparse.Namespace, **size) -> object:
         raise
 
 
-def report_run(pipe, plan, args: argparse.Namespace, render_path: Path | None) -> None:
+def choose_drawn_steps(args: argparse.Namespace, drawing: Path | None) -> tuple[list[int] | None, str | None]:
+    """The steps the drawings show and the note saying which the default left out; checked now,
+    before the model loads (the steps are known: a flag, a --plan-file plan's, or the default)."""
+    from edit import cli_steps
+
+    if drawing is None:
+        if args.render_steps is not None:
+            raise CliError("--render-steps: needs a drawing to choose steps of (--render FILE"
+                           + (" or --plan FILE)" if args.command == "generate" else ")"))
+        return None, None
+    return cli_steps.choose(args.render_steps, args.steps, args.level)
+
+
+def notes(*lines: str | None) -> None:
+    for line in lines:
+        if line:
+            print(f"edit: note: {line}", file=sys.stderr)
+
+
+def report_run(pipe, plan, args: argparse.Namespace, render_path: Path | None,
+               drawn_steps: tuple = (None, None)) -> None:
     """The plan that ran, the cache's stats, and the drawing with the run's decisions."""
     from edit._output import write_plan
 
@@ -331,10 +391,9 @@ def report_run(pipe, plan, args: argparse.Namespace, render_path: Path | None) -
             say(str(pipe.cache.stats))
     if render_path is not None:
         trace = pipe.cache.stats if args.trace and pipe.cache is not None else None
-        drawn, note = write_plan(plan, render_path, args.level, flag="--render", trace=trace)
+        drawn, note = write_plan(plan, render_path, args.level, flag="--render", trace=trace, steps=drawn_steps[0])
         say(f"wrote {drawn} (the plan, level {args.level}{', with the run' + chr(39) + 's decisions' if trace else ''})")
-        if note:
-            print(f"edit: note: {note}", file=sys.stderr)
+        notes(note, drawn_steps[1])
 
 
 def plan_command(args: argparse.Namespace) -> int:
@@ -352,6 +411,7 @@ def plan_command(args: argparse.Namespace) -> int:
         except OutputError as err:
             raise CliError(f"{err.flag}: {err}") from None
     folder, height, width, _ = check_model_and_size(args)
+    drawn_steps = choose_drawn_steps(args, render_path)
     pipe = load_pipeline(args.model, folder)
     enable_cache(pipe, args)
     start = time.perf_counter()
@@ -361,10 +421,9 @@ def plan_command(args: argparse.Namespace) -> int:
     say(plan.summary())
     say(json.dumps(plan.stats(getattr(pipe.cache, "store", None)), indent=1))
     if render_path is not None:
-        drawn, note = write_plan(plan, render_path, args.level, flag="--render")
+        drawn, note = write_plan(plan, render_path, args.level, flag="--render", steps=drawn_steps[0])
         say(f"wrote {drawn} (the plan, level {args.level})")
-        if note:
-            print(f"edit: note: {note}", file=sys.stderr)
+        notes(note, drawn_steps[1])
     if save_path is not None:
         try:
             plan.save(save_path)
@@ -400,5 +459,29 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def _late_interrupt(signum, frame) -> None:
+    print("edit: interrupted", file=sys.stderr, flush=True)
+    os._exit(130)
+
+
+def run() -> None:
+    """The process entry point (`edit`, `python -m edit`): `main`, then an exit that a Ctrl-C cannot
+    turn into a traceback. Everything the command writes is complete and flushed when `main`
+    returns; what is left is the interpreter's teardown (torch's finalisers, threading's shutdown),
+    where a KeyboardInterrupt would print "Exception ignored in ..." and still exit 0. So after
+    `main` a Ctrl-C exits 130 with the one line, and the teardown is skipped."""
+    try:
+        code = main()
+        signal.signal(signal.SIGINT, _late_interrupt)
+    except KeyboardInterrupt:  # between main's return and the handler
+        _late_interrupt(signal.SIGINT, None)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can reach it anyway
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

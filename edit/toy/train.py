@@ -1,0 +1,334 @@
+"""Train the toy Wan on the procedural clips: `python -m edit.toy.train [--workdir DIR] [--out DIR]`.
+
+Three phases, each resumable from the checkpoint in `--workdir` (rerun the same command after an
+interrupt and it carries on from the last saved step, with the same random streams):
+
+1. the VAE (`AutoencoderKLWan`) learns to reconstruct clips: 9-frame 32x32 crops, because its
+   convolutions are translation-invariant and causal in time, so crops cost a fraction of full
+   clips and teach the same weights (its first frame alone and then chunks of four, as at 17);
+2. a pool of full 17x64x64 clips is encoded once (the posterior mode); the per-channel mean and
+   std of those latents become the VAE's `latents_mean`/`latents_std`, as Wan's VAE config has;
+3. the transformer and the text encoder learn flow matching in that normalised latent space,
+   exactly as Wan samples it: x_t = (1 - s) x0 + s noise with s drawn through the same shift as the
+   scheduler's `flow_shift`, the target noise - x0 (UniPC `flow_prediction`), timestep 1000 s, and
+   captions dropped to "" (the pipeline's negative prompt) one time in ten, for guidance.
+
+The text encoder (the tiny byte-level UMT5) is trained with the transformer rather than frozen:
+its random weights mix the bytes of neighbouring words, and learning costs almost nothing beside
+the transformer (two layers over ~60 bytes). The prompt embeddings are made by the pipeline's own
+`_get_t5_prompt_embeds`, so training sees exactly what generation feeds the transformer.
+
+The result is written with `save_pretrained` as a complete pipeline folder (safetensors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+import torch
+
+from edit.toy import data
+
+HERE = Path(__file__).resolve().parent
+WEIGHTS = HERE / "weights"
+
+TRANSFORMER = dict(patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=32, in_channels=16,
+                   out_channels=16, text_dim=64, freq_dim=64, ffn_dim=512, num_layers=8, cross_attn_norm=True,
+                   qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=32)
+TEXT_ENCODER = dict(d_kv=16, d_ff=128, num_layers=2, num_heads=4, relative_attention_num_buckets=16, dropout_rate=0.0,
+                    relative_attention_max_distance=64)
+VAE = dict(base_dim=24, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1, temperal_downsample=[False, True, True])
+FLOW_SHIFT = 3.0
+
+
+@attrs.frozen
+class Config:
+    seed: int = 0
+    vae_steps: int = 1000
+    vae_batch: int = 8
+    vae_lr: float = 1e-3
+    crop_frames: int = 9
+    crop: int = 32
+    pool: int = 1200
+    steps: int = 2000
+    batch: int = 24
+    lr: float = 1e-3
+    warmup: int = 100
+    caption_dropout: float = 0.1
+    checkpoint_every: int = 50
+    transformer: dict = attrs.field(factory=lambda: dict(TRANSFORMER))
+    text_encoder: dict = attrs.field(factory=lambda: dict(TEXT_ENCODER))
+    vae: dict = attrs.field(factory=lambda: dict(VAE))
+    frames: int = data.FRAMES
+    size: int = data.HEIGHT
+
+
+#: A config small enough for a smoke test of every phase (seconds, not minutes).
+SMOKE = Config(vae_steps=3, vae_batch=2, crop_frames=5, crop=16, pool=4, steps=3, batch=2, warmup=1,
+               checkpoint_every=2, frames=5, size=32,
+               transformer={**TRANSFORMER, "num_layers": 2, "num_attention_heads": 2, "ffn_dim": 64},
+               vae={**VAE, "base_dim": 8})
+
+
+def build(config: Config) -> dict[str, Any]:
+    """The untrained components, seeded."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
+    from transformers import ByT5Tokenizer, UMT5Config, UMT5EncoderModel
+
+    tokenizer = ByT5Tokenizer()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        vae = AutoencoderKLWan(**config.vae)
+        transformer = WanTransformer3DModel(**config.transformer)
+        encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer), d_model=config.transformer["text_dim"],
+                                              **config.text_encoder))
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=FLOW_SHIFT)
+    return dict(transformer=transformer, vae=vae, text_encoder=encoder, tokenizer=tokenizer, scheduler=scheduler)
+
+
+def _lr(step: int, total: int, peak: float, warmup: int) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _clips(rng: np.random.Generator, count: int, frames: int, size: int) -> list[data.Clip]:
+    return [data.sample(rng, frames=frames, height=size, width=size) for _ in range(count)]
+
+
+def _vae_batch(rng: np.random.Generator, config: Config) -> torch.Tensor:
+    clips = _clips(rng, config.vae_batch, config.crop_frames, config.size)
+    crops = []
+    for clip in clips:
+        y, x = rng.integers(0, config.size - config.crop + 1, size=2)
+        crops.append(data.to_pipeline_range(clip.video[:, y:y + config.crop, x:x + config.crop]))
+    return torch.from_numpy(np.stack(crops))
+
+
+class Checkpoint:
+    """One file in the work folder, written atomically: phase, step, weights, optimiser, RNG."""
+
+    def __init__(self, folder: Path):
+        self.path = folder / "checkpoint.pt"
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def load(self) -> dict[str, Any] | None:
+        return torch.load(self.path, weights_only=False) if self.path.exists() else None
+
+    def save(self, state: dict[str, Any]) -> None:
+        temp = self.path.with_suffix(".tmp")
+        torch.save(state, temp)
+        os.replace(temp, self.path)
+
+
+def _bar(total: int, initial: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True)
+
+
+def train_vae(parts: dict, config: Config, ckpt: Checkpoint, state: dict, log) -> None:
+    vae = parts["vae"]
+    vae.train()
+    opt = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr, weight_decay=0.0)
+    rng = np.random.default_rng([config.seed, 1])
+    if state.get("phase") == "vae":
+        vae.load_state_dict(state["vae"])
+        opt.load_state_dict(state["opt"])
+        rng.bit_generator.state = state["rng"]
+    start = state.get("step", 0) if state.get("phase") == "vae" else 0
+    bar = _bar(config.vae_steps, start, "vae")
+    for step in range(start, config.vae_steps):
+        for group in opt.param_groups:
+            group["lr"] = _lr(step, config.vae_steps, config.vae_lr, config.warmup)
+        x = _vae_batch(rng, config)
+        z = vae.encode(x).latent_dist.mode()
+        recon = vae.decode(z).sample
+        # L1 for sharp edges, MSE for PSNR; a small pull on z keeps the latent scale bounded
+        rec = (recon - x).abs().mean() + (recon - x).square().mean()
+        loss = rec + 1e-4 * z.square().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        psnr = 10 * math.log10(4.0 / max(float((recon - x).square().mean()), 1e-12))  # range [-1, 1]
+        bar.set_postfix(loss=f"{float(loss):.4f}", psnr=f"{psnr:.1f}")
+        bar.update()
+        if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.vae_steps:
+            log(dict(phase="vae", step=step + 1, loss=float(loss), psnr=psnr))
+            ckpt.save(dict(phase="vae", step=step + 1, vae=vae.state_dict(), opt=opt.state_dict(),
+                           rng=rng.bit_generator.state, config=attrs.asdict(config)))
+    bar.close()
+    vae.eval()
+
+
+@torch.no_grad()
+def encode_pool(parts: dict, config: Config) -> tuple[torch.Tensor, list[str]]:
+    vae = parts["vae"].eval()
+    rng = np.random.default_rng([config.seed, 2])
+    clips = _clips(rng, config.pool, config.frames, config.size)
+    latents = []
+    bar = _bar(config.pool, 0, "encode")
+    for i in range(0, len(clips), 8):
+        x = torch.from_numpy(np.stack([data.to_pipeline_range(c.video) for c in clips[i:i + 8]]))
+        latents.append(vae.encode(x).latent_dist.mode())
+        bar.update(len(x))
+    bar.close()
+    return torch.cat(latents), [c.caption for c in clips]
+
+
+def set_latent_stats(vae, latents: torch.Tensor) -> None:
+    mean = latents.mean(dim=(0, 2, 3, 4))
+    std = latents.std(dim=(0, 2, 3, 4)).clamp_min(1e-4)
+    vae.register_to_config(latents_mean=[float(v) for v in mean], latents_std=[float(v) for v in std])
+
+
+def normalise(vae, latents: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
+    return (latents - mean) / std
+
+
+def flow_sigmas(u: torch.Tensor, shift: float = FLOW_SHIFT) -> torch.Tensor:
+    """The scheduler's shift applied to uniform draws: where Wan's sampler spends its steps."""
+    return shift * u / (1 + (shift - 1) * u)
+
+
+def prompt_embeds(pipe, prompts: list[str], length: int = 512, encoded: int = 128) -> torch.Tensor:
+    """What generation feeds the transformer (the pipeline pads to 512 tokens and zeroes the padding),
+    with the text encoder run over `encoded` tokens only: its masked padding cannot change the real
+    tokens, and 128 covers every caption of the grammar, so this is the same tensor at an eighth of
+    the cost of encoding 512."""
+    text = pipe._get_t5_prompt_embeds(prompt=prompts, max_sequence_length=encoded, device=torch.device("cpu"))
+    return torch.cat([text, text.new_zeros(text.shape[0], length - encoded, text.shape[2])], dim=1)
+
+
+def train_transformer(parts: dict, config: Config, pool: torch.Tensor, captions: list[str], ckpt: Checkpoint,
+                      state: dict, log) -> None:
+    from diffusers import WanPipeline
+
+    transformer, encoder = parts["transformer"], parts["text_encoder"]
+    pipe = WanPipeline(**parts)  # for its own prompt embedding: padding and trimming as at generation
+    params = list(transformer.parameters()) + list(encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.01)
+    gen = torch.Generator().manual_seed(config.seed + 3)
+    if state.get("phase") == "transformer":
+        transformer.load_state_dict(state["transformer"])
+        encoder.load_state_dict(state["text_encoder"])
+        opt.load_state_dict(state["opt"])
+        gen.set_state(state["gen"])
+    start = state.get("step", 0) if state.get("phase") == "transformer" else 0
+    transformer.train()
+    encoder.train()
+    bar = _bar(config.steps, start, "transformer")
+    for step in range(start, config.steps):
+        for group in opt.param_groups:
+            group["lr"] = _lr(step, config.steps, config.lr, config.warmup)
+        index = torch.randint(len(pool), (config.batch,), generator=gen)
+        x0 = pool[index]
+        drop = torch.rand(config.batch, generator=gen) < config.caption_dropout
+        prompts = ["" if d else captions[int(i)] for i, d in zip(index, drop)]
+        text = prompt_embeds(pipe, prompts)
+        noise = torch.randn(x0.shape, generator=gen)
+        sigma = flow_sigmas(torch.rand(config.batch, generator=gen))
+        s = sigma.view(-1, 1, 1, 1, 1)
+        xt = (1 - s) * x0 + s * noise
+        pred = transformer(xt, sigma * 1000, text, return_dict=False)[0]
+        loss = (pred.float() - (noise - x0)).square().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        bar.set_postfix(loss=f"{float(loss):.4f}")
+        bar.update()
+        if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
+            log(dict(phase="transformer", step=step + 1, loss=float(loss)))
+            ckpt.save(dict(phase="transformer", step=step + 1, transformer=transformer.state_dict(),
+                           text_encoder=encoder.state_dict(), opt=opt.state_dict(), gen=gen.get_state(),
+                           vae=parts["vae"].state_dict(), vae_config=dict(parts["vae"].config),
+                           config=attrs.asdict(config)))
+    bar.close()
+    transformer.eval()
+    encoder.eval()
+
+
+@torch.no_grad()
+def reconstruction_psnr(vae, config: Config, count: int = 16) -> float:
+    """PSNR in dB, over [0, 1] pixels, of held-out full clips (a seed stream training never drew)."""
+    rng = np.random.default_rng([config.seed, 9])
+    clips = _clips(rng, count, config.frames, config.size)
+    errors = []
+    for clip in clips:
+        x = torch.from_numpy(data.to_pipeline_range(clip.video))[None]
+        recon = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
+        errors.append(float(((recon - x) / 2).square().mean()))
+    return 10 * math.log10(1.0 / float(np.mean(errors)))
+
+
+def run(config: Config, workdir: Path, out: Path) -> dict[str, Any]:
+    started = time.perf_counter()
+    ckpt = Checkpoint(workdir)
+    state = ckpt.load() or {}
+    if state and state.get("config") != attrs.asdict(config):
+        raise ValueError(f"workdir: {workdir} holds a checkpoint of another config; use another --workdir")
+    log_path = workdir / "log.jsonl"
+
+    def log(record: dict) -> None:
+        record["seconds"] = round(time.perf_counter() - started + state.get("seconds", 0.0), 1)
+        with open(log_path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    torch.manual_seed(config.seed)
+    parts = build(config)
+    if state.get("phase") != "transformer":
+        train_vae(parts, config, ckpt, state, log)
+    else:
+        parts["vae"].load_state_dict(state["vae"])
+    vae_done = time.perf_counter()
+    pool, captions = encode_pool(parts, config)
+    set_latent_stats(parts["vae"], pool)
+    pool = normalise(parts["vae"], pool)
+    train_transformer(parts, config, pool, captions, ckpt, state, log)
+    psnr = reconstruction_psnr(parts["vae"], config)
+    from edit.pipeline import EditWanPipeline
+
+    pipe = EditWanPipeline(**parts)
+    out.mkdir(parents=True, exist_ok=True)
+    pipe.save_pretrained(out, safe_serialization=True)
+    summary = dict(seconds=round(time.perf_counter() - started, 1), vae_seconds=round(vae_done - started, 1),
+                   reconstruction_psnr=round(psnr, 2), config=attrs.asdict(config))
+    with open(log_path) as handle:
+        records = [json.loads(line) for line in handle]
+    for phase in ("vae", "transformer"):
+        last = [r for r in records if r["phase"] == phase]
+        if last:
+            summary[f"{phase}_final_loss"] = last[-1]["loss"]
+    (out / "training.json").write_text(json.dumps(summary, indent=1) + "\n")
+    log(dict(phase="done", **{k: v for k, v in summary.items() if k != "config"}))
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m edit.toy.train", description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", default=str(Path.home() / ".cache" / "edit-toy-train"),
+                        help="checkpoint and log folder; rerun with the same one to resume (default: %(default)s)")
+    parser.add_argument("--out", default=str(WEIGHTS), help="where the pipeline is saved (default: %(default)s)")
+    parser.add_argument("--smoke", action="store_true", help="a tiny config that runs every phase in seconds")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    summary = run(SMOKE if args.smoke else Config(), Path(args.workdir), Path(args.out))
+    print(json.dumps({k: v for k, v in summary.items() if k != "config"}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

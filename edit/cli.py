@@ -141,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
                            "(default: all at --level steps or up to 6 steps; else 5 spread over the run)")
     plan.add_argument("--save", default=None, metavar="PLAN.json",
                       help="write the plan as versioned JSON, for `edit generate --plan-file` (default: not saved)")
+    comp = sub.add_parser("compare", help="PSNR, SSIM and motion error of one video against another",
+                          description="Compare video A with reference B (.mp4 or .gif, same frames and size).")
+    comp.add_argument("a", metavar="A", help="the video to judge, e.g. a cached run")
+    comp.add_argument("b", metavar="B", help="the reference, e.g. the uncached run with the same seed")
+    comp.add_argument("--json", action="store_true",
+                      help="print one JSON line, an infinite PSNR as \"inf\" (default: text)")
     return parser
 
 
@@ -442,6 +448,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help(sys.stderr)
             return 2
         args = parser.parse_args(argv)
+        if args.command == "compare":
+            from edit.cli_compare import compare_command
+            return compare_command(args)
         return plan_command(args) if args.command == "plan" else generate(args)
     except CliError as err:
         print(f"edit: error: {err}", file=sys.stderr)

@@ -10,12 +10,13 @@
 import importlib
 from typing import Any
 
-__all__ = ["EditWanPipeline", "tiny_components", "tiny_pipeline"]
+__all__ = ["EditWanPipeline", "tiny_components", "tiny_pipeline", "toy_components", "toy_pipeline"]
 __version__ = "0.1.0"
 
 #: Loaded on first use, so `import edit.graph` / `edit.passes` (no model code) imports neither torch
 #: nor diffusers.
-_LAZY = {"EditWanPipeline": "edit.pipeline", "tiny_components": "edit.tiny", "tiny_pipeline": "edit.tiny"}
+_LAZY = {"EditWanPipeline": "edit.pipeline", "tiny_components": "edit.tiny", "tiny_pipeline": "edit.tiny",
+         "toy_components": "edit.toy.model", "toy_pipeline": "edit.toy.model"}
 _SUBMODULES = ("cache", "cli", "pipeline", "tiny")
 
 

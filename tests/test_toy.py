@@ -1,0 +1,130 @@
+"""The toy model's parts that need no trained weights: the procedural data set, reading a clip back
+into words, and the training script (a smoke config, interrupted and resumed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from edit.toy import check, data
+
+
+def test_the_same_seed_gives_the_same_clips_and_another_seed_others():
+    a, b, c = data.batch(3, 4), data.batch(3, 4), data.batch(4, 4)
+    assert [x.caption for x in a] == [x.caption for x in b]
+    assert all(np.array_equal(x.video, y.video) for x, y in zip(a, b))
+    assert not all(np.array_equal(x.video, y.video) for x, y in zip(a, c))
+    clip = a[0]
+    assert clip.video.shape == (17, 64, 64, 3) and clip.video.dtype == np.float32
+    assert 0.0 <= clip.video.min() and clip.video.max() <= 1.0
+    assert clip.caption == data.caption(clip.things, clip.background)
+
+
+def test_held_out_pairs_never_appear_in_training_draws_and_only_when_asked():
+    rng = np.random.default_rng(0)
+    pairs = {(t.colour, t.shape) for _ in range(300) for t in data.sample(rng).things}
+    assert not pairs & set(data.HELD_OUT) and len(pairs) == 15 - len(data.HELD_OUT)
+    firsts = [data.sample(rng, held_out=True, two=0).things[0] for _ in range(20)]
+    assert all((t.colour, t.shape) in data.HELD_OUT for t in firsts)
+
+
+def test_fixed_words_are_what_the_clip_shows_and_says():
+    clip = data.sample(np.random.default_rng(1), colour="blue", shape="triangle", motion="up", background="dark")
+    (thing,) = clip.things
+    assert (thing.colour, thing.shape, thing.motion) == ("blue", "triangle", "up")
+    assert clip.caption.startswith(f"a {thing.size} blue triangle moving up") and clip.caption.endswith("dark background")
+    ys = [y for _, y in thing.path]
+    assert ys == sorted(ys, reverse=True) and ys[0] - ys[-1] == pytest.approx(1.5 * 16)
+
+
+def test_the_reader_names_the_colour_and_direction_of_every_directional_clip():
+    rng = np.random.default_rng(5)
+    clips = [c for c in (data.sample(rng, two=0) for _ in range(120)) if c.things[0].motion in check.DIRECTIONS]
+    assert len(clips) > 50
+    for clip in clips:
+        thing = clip.things[0]
+        assert check.matches(check.read(clip.video), thing.colour, thing.motion), clip.caption
+
+
+def test_the_reader_can_say_no():
+    clip = data.sample(np.random.default_rng(2), colour="red", shape="circle", motion="left", two=0)
+    frozen = np.repeat(clip.video[:1], len(clip.video), axis=0)  # what a cache that reuses too much shows
+    assert check.read(frozen).direction == "still"
+    reversed_ = clip.video[::-1]
+    assert check.read(reversed_).direction == "right"
+    recoloured = clip.video[..., [2, 1, 0]]  # red becomes blue-ish
+    assert check.read(recoloured).colour != "red"
+    blank = np.full_like(clip.video, 0.1)
+    assert check.read(blank) == check.Reading(None, None, (0.0, 0.0), 0.0)
+    with pytest.raises(ValueError, match="video: expected"):
+        check.read(clip.video[0])
+
+
+def _weights(folder):
+    from safetensors.torch import load_file
+
+    return {part: load_file(next((folder / part).glob("*.safetensors"))) for part in ("transformer", "vae", "text_encoder")}
+
+
+def test_training_interrupted_and_resumed_ends_where_an_uninterrupted_run_does(tmp_path, monkeypatch):
+    from edit.toy import train
+
+    whole = train.run(train.SMOKE, tmp_path / "w1", tmp_path / "out1")
+    assert set(whole) >= {"seconds", "reconstruction_psnr", "vae_final_loss", "transformer_final_loss"}
+    real_save, saves = train.Checkpoint.save, []
+
+    def save_then_stop(self, state):  # a Ctrl-C just after the first transformer checkpoint
+        real_save(self, state)
+        saves.append(state["phase"])
+        if state["phase"] == "transformer":
+            raise KeyboardInterrupt
+    monkeypatch.setattr(train.Checkpoint, "save", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(train.SMOKE, tmp_path / "w2", tmp_path / "out2")
+    monkeypatch.setattr(train.Checkpoint, "save", real_save)
+    assert saves[-1] == "transformer" and not (tmp_path / "out2").exists()
+    train.run(train.SMOKE, tmp_path / "w2", tmp_path / "out2")
+    first, second = _weights(tmp_path / "out1"), _weights(tmp_path / "out2")
+    for part in first:
+        assert first[part].keys() == second[part].keys()
+        assert all(torch.equal(first[part][k], second[part][k]) for k in first[part]), part
+    with pytest.raises(ValueError, match="workdir: .* another config"):
+        import attrs
+
+        train.run(attrs.evolve(train.SMOKE, steps=4), tmp_path / "w2", tmp_path / "out3")
+
+    # the folder it wrote is a complete pipeline: it loads offline, generates deterministically,
+    # and with no cache it is diffusers' WanPipeline bit for bit
+    from diffusers import WanPipeline
+
+    import edit
+
+    pipe = edit.toy_pipeline(folder=tmp_path / "out1")
+    kwargs = dict(num_frames=5, height=32, width=32, num_inference_steps=3, output_type="latent")
+
+    def gen(p):
+        return p("a red circle moving left on a dark background", generator=torch.Generator().manual_seed(0),
+                 **kwargs).frames
+    assert torch.equal(gen(pipe), gen(pipe))
+    assert torch.equal(gen(pipe), gen(WanPipeline(**pipe.components)))
+
+
+def test_prompt_embeds_are_the_pipelines_own():
+    from diffusers import WanPipeline
+
+    from edit.toy import train
+
+    pipe = WanPipeline(**train.build(train.SMOKE))
+    prompts = [c.caption for c in data.batch(0, 3)] + [""]
+    with torch.no_grad():
+        ours = train.prompt_embeds(pipe, prompts)
+        theirs = pipe._get_t5_prompt_embeds(prompt=prompts, max_sequence_length=512, device=torch.device("cpu"))
+    assert torch.equal(ours, theirs)
+
+
+def test_a_missing_toy_folder_says_how_to_make_one(tmp_path):
+    import edit
+
+    with pytest.raises(FileNotFoundError, match="folder: no trained toy pipeline .*python -m edit.toy.train"):
+        edit.toy_pipeline(folder=tmp_path)

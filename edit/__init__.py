@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 #: nor diffusers.
 _LAZY = {"EditWanPipeline": "edit.pipeline", "tiny_components": "edit.tiny", "tiny_pipeline": "edit.tiny",
          "toy_components": "edit.toy.model", "toy_pipeline": "edit.toy.model"}
-_SUBMODULES = ("cache", "cli", "pipeline", "tiny")
+_SUBMODULES = ("cache", "cli", "metrics", "pipeline", "tiny", "toy")
 
 
 def __getattr__(name: str) -> Any:

@@ -63,7 +63,7 @@ def _path(rng: np.random.Generator, motion: str, half: float, frames: int, heigh
     y0 = rng.uniform(margin + (span_y if dy < 0 or motion == "bouncing" else 0),
                      height - margin - (span_y if dy > 0 else 0))
     t = np.arange(frames)
-    if motion == "bouncing":  # falls and rises twice: the bottom of the bounce at y0
+    if motion == "bouncing" and frames > 1:  # falls and rises twice: the bottom of the bounce at y0
         ys = y0 - span_y * np.abs(np.cos(np.pi * t / (frames - 1) * 2))
         return tuple((float(x0), float(y)) for y in ys)
     return tuple((float(x0 + dx * i), float(y0 + dy * i)) for i in t)

@@ -75,6 +75,19 @@ def check_enable_cache(*, store: Any, fold: Any) -> None:
 _WARNED: set = set()
 
 
+def variant_for(transformer: Any) -> str | None:
+    """The TeaCache coefficient set fitted on this transformer's architecture (layers, width), when
+    one was: `enable_cache("teacache")` then uses it without being told (the toy's own, or
+    t2v-14B's on a 14B checkpoint); None when none was."""
+    from edit.passes.policies import TEACACHE_ARCHITECTURES
+
+    config = getattr(transformer, "config", None)
+    if config is None:
+        return None
+    have = (int(config.num_layers), int(config.num_attention_heads) * int(config.attention_head_dim))
+    return next((variant for variant, fitted in TEACACHE_ARCHITECTURES.items() if fitted == have), None)
+
+
 def check_variant(policy: Any, transformer: Any) -> None:
     """Warn once per (variant, architecture) when TeaCache's published coefficients were fitted on
     another architecture than the transformer's (layers, width): its skips then mean little;

@@ -10,6 +10,7 @@ from pathlib import Path
 
 VIDEO_SUFFIXES = (".mp4", ".gif")
 TINY_SIZE = (64, 96)
+TOY_SIZE = (64, 64)  # what the trained toy learned: 17 frames of 64x64
 FULL_SIZE = (480, 832)
 #: Policy keyword -> the flag that sets it, so a policy's refusal names what the user typed.
 POLICY_FLAGS = {"rel_l1_thresh": "--threshold", "wan_variant": "--wan-variant", "granularity": "--granularity"}
@@ -27,6 +28,9 @@ def check_flags(args: argparse.Namespace, planned: bool = False) -> None:
         for flag in ("threshold", "wan_variant") + (() if args.passes else ("granularity",)):
             if getattr(args, flag) is not None:
                 raise CliError(f"--{flag.replace('_', '-')}: needs --cache POLICY")
+    if getattr(args, "compare_uncached", False) and args.cache is None and args.passes is None and not planned:
+        raise CliError("--compare-uncached: needs --cache POLICY, --pass or a --plan-file plan with cache cells "
+                       "(without them the run is the uncached one)")
     if getattr(args, "trace", False) and args.render is None:
         raise CliError("--trace: needs --render FILE (the drawing the decisions go into)")
     if args.passes is not None:
@@ -87,6 +91,13 @@ def check_outputs(args: argparse.Namespace) -> tuple[Path, Path | None]:
 
 
 def local_folder(model: str) -> Path | None:
+    if model == "toy":  # the trained toy, shipped in the package
+        from edit.toy.model import WEIGHTS
+
+        if not (WEIGHTS / "model_index.json").is_file():
+            raise CliError(f"--model: the toy weights are not in {str(WEIGHTS)!r}; train them with "
+                           "`python -m edit.toy.train` or use --model tiny")
+        return WEIGHTS
     looks_local = model.startswith((".", "/", "~")) or (os.sep in model and Path(model).expanduser().exists())
     if not looks_local:
         return None
@@ -145,6 +156,7 @@ def check_request(args: argparse.Namespace, limits, weight_bytes: int, height: i
 
 #: What --steps, --frames and --guidance are when neither the flag nor a --plan-file says.
 DEFAULTS = {"steps": 20, "frames": 33, "guidance": 5.0}
+TOY_DEFAULTS = {"steps": 30, "frames": 17}
 
 
 def from_plan(args: argparse.Namespace, plan, limits) -> None:
@@ -176,10 +188,10 @@ def check_model_and_size(args: argparse.Namespace, plan=None):
     known = limits_without_weights(args.model, folder)
     if plan is not None:
         from_plan(args, plan, None if known is None else known[0])
-    for flag, value in DEFAULTS.items():
+    for flag, value in {**DEFAULTS, **(TOY_DEFAULTS if args.model == "toy" else {})}.items():
         if getattr(args, flag) is None:
             setattr(args, flag, value)
-    default = TINY_SIZE if args.model == "tiny" else FULL_SIZE
+    default = {"tiny": TINY_SIZE, "toy": TOY_SIZE}.get(args.model, FULL_SIZE)
     height, width = args.height or default[0], args.width or default[1]
     if known is not None:
         check_request(args, *known, height, width)

@@ -20,7 +20,7 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.pipelines.wan.pipeline_output import WanPipelineOutput
 
 from edit import diffusers_face as face
-from edit.checks import check_call, check_enable_cache, check_int, check_prefetch, check_variant
+from edit.checks import check_call, check_enable_cache, check_int, check_prefetch, check_variant, variant_for
 from edit.graph import Graph, Plan, RunSpec, check_granularity
 from edit.passes import Pipeline, check_warm_steps, make_policy, pipeline_policy
 from edit.passes.compiler import CacheSettings, CostModel, ModelInfo, certain_reads, compile_plan, fingerprint
@@ -230,6 +230,17 @@ class EditWanPipeline(WanPipeline):
         if policy is None:
             named = pipeline_policy(pipeline) if isinstance(pipeline, (str, Pipeline)) else None
             policy = named if named is not None and not policy_kwargs else "teacache"
+        if isinstance(policy, str) and not {"wan_variant", "coefficients"} & set(policy_kwargs):
+            from edit.passes.policies import TeaCache
+            from edit.passes.policy import policy_class
+
+            try:
+                cls = policy_class(policy)
+            except ValueError:  # make_policy below says what is registered
+                cls = None
+            variant = variant_for(self.transformer) if cls is not None and issubclass(cls, TeaCache) else None
+            if variant is not None:  # coefficients fitted on this architecture beat the default's
+                policy_kwargs = {**policy_kwargs, "wan_variant": variant}
         policy = make_policy(policy, **policy_kwargs)
         costs = check_prefetch(prefetch, costs)
         if num_inference_steps is not None:

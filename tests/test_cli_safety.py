@@ -124,7 +124,7 @@ def test_every_flag_has_help_and_its_default(capsys):
         assert action.help, f"{action.dest} has no help text"
         if action.option_strings:
             assert "(default: " in action.help, f"{action.option_strings[0]} does not state its default"
-    assert "(default: a --plan-file plan's, else 20)" in text and "(default: out.mp4)" in text
+    assert "(default: a --plan-file plan's, else 30 on the toy, 20 otherwise)" in text and "(default: out.mp4)" in text
     assert main(["--version"]) == 0 and capsys.readouterr().out.strip() == f"edit {edit.__version__}"
 
 

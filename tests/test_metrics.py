@@ -289,3 +289,27 @@ def test_importing_edit_leaves_torchmetrics_unloaded():
     code = "import sys, edit; print('torchmetrics' in sys.modules, 'edit.metrics' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+# -- edit generate --compare-uncached -------------------------------------------------------------
+
+def test_generate_compare_uncached_prints_both_times_and_the_metrics(tmp_path, capsys):
+    import re
+
+    from edit.cli import main
+
+    small = ["--steps", "6", "--frames", "5", "--height", "32", "--width", "48", "--out", str(tmp_path / "f.gif")]
+    assert main(["generate", "a fox", *small, "--cache", "none", "--compare-uncached"]) == 0
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert re.fullmatch(r"uncached [\d.]+ s, cached [\d.]+ s \([\d.]+x\); against the uncached video: "
+                        r"psnr inf dB, ssim 1\.0000, temporal 0\.0000", line), line
+    assert main(["generate", "a fox", *small, "--cache", "fbcache", "--threshold", "0.3", "--compare-uncached"]) == 0
+    psnr = float(re.search(r"psnr ([\d.]+) dB", capsys.readouterr().out.splitlines()[-1]).group(1))
+    assert 10 < psnr < 200  # skipping changed the video, a little
+
+
+def test_compare_uncached_without_a_cache_is_refused(tmp_path, capsys):
+    from edit.cli import main
+
+    assert main(["generate", "a fox", "--compare-uncached", "--out", str(tmp_path / "f.gif")]) == 2
+    assert capsys.readouterr().err.startswith("edit: error: --compare-uncached: needs --cache POLICY")

@@ -128,3 +128,32 @@ def test_a_missing_toy_folder_says_how_to_make_one(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="folder: no trained toy pipeline .*python -m edit.toy.train"):
         edit.toy_pipeline(folder=tmp_path)
+
+
+def test_teacache_picks_the_coefficients_fitted_on_the_transformer_s_architecture(recwarn, monkeypatch):
+    from types import SimpleNamespace
+
+    import edit
+    import edit.checks
+    from edit.checks import variant_for
+
+    monkeypatch.setattr(edit.checks, "_WARNED", set())  # the warning is once per process
+
+    def arch(layers, heads, dim):
+        return SimpleNamespace(config=SimpleNamespace(num_layers=layers, num_attention_heads=heads, attention_head_dim=dim))
+    assert variant_for(arch(30, 12, 128)) == "t2v-1.3B" and variant_for(arch(40, 40, 128)) == "t2v-14B"
+    assert variant_for(arch(4, 2, 12)) is None and variant_for(object()) is None
+    pipe = edit.tiny_pipeline()
+    pipe.enable_cache("teacache")  # no variant fits the tiny model: the default, with its warning
+    assert pipe.cache.policy.wan_variant == "t2v-1.3B" and any("fitted on 30 layers" in str(w.message) for w in recwarn)
+    pipe.enable_cache("teacache", wan_variant="t2v-14B")  # an explicit variant is kept
+    assert pipe.cache.policy.wan_variant == "t2v-14B"
+
+
+def test_the_cli_toy_model_without_weights_is_one_line(tmp_path, capsys, monkeypatch):
+    import edit.toy.model
+    from edit.cli import main
+
+    monkeypatch.setattr(edit.toy.model, "WEIGHTS", tmp_path / "none")
+    assert main(["generate", "a red circle moving left", "--model", "toy", "--out", str(tmp_path / "f.gif")]) == 2
+    assert capsys.readouterr().err.startswith("edit: error: --model: the toy weights are not in ")

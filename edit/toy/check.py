@@ -75,3 +75,37 @@ def _cosine(a: tuple[float, float], b: tuple[float, float]) -> float:
 
 def matches(reading: Reading, colour: str, motion: str) -> bool:
     return reading.colour == colour and reading.direction == motion
+
+
+# -- the semantic check of a model: generate from captions, read the clips back ----------------------
+
+def captions(held_out: bool, count: int, seed: int) -> list:
+    """`count` single-shape clips of the grammar with a direction (their captions are the prompts),
+    every colour and direction in turn; `held_out`: only the HELD_OUT colour-shape pairs, else never."""
+    from edit.toy import data
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(count):
+        motion = DIRECTIONS[i % len(DIRECTIONS)]
+        if held_out:
+            colour, shape = data.HELD_OUT[i % len(data.HELD_OUT)]
+            out.append(data.sample(rng, colour=colour, shape=shape, motion=motion, two=0))
+        else:
+            colour = tuple(COLOURS)[(i // len(DIRECTIONS) + i) % len(COLOURS)]
+            out.append(data.sample(rng, colour=colour, motion=motion, two=0, held_out=False))
+    return out
+
+
+def score(pipe, clips: list, seed: int, steps: int = 20, guidance_scale: float = 5.0) -> tuple[float, list[bool]]:
+    """The fraction of `clips` whose generation (one batch, from their captions) reads back as the
+    caption's colour and direction, and the hit of each."""
+    import torch
+
+    from edit.toy.data import FRAMES, HEIGHT, WIDTH
+
+    frames = pipe([c.caption for c in clips], num_inference_steps=steps, guidance_scale=guidance_scale,
+                  num_frames=FRAMES, height=HEIGHT, width=WIDTH, generator=torch.Generator().manual_seed(seed),
+                  output_type="np").frames
+    hits = [matches(read(video), c.things[0].colour, c.things[0].motion) for video, c in zip(frames, clips)]
+    return sum(hits) / len(hits), hits

@@ -1,0 +1,222 @@
+"""What each cache policy does to a generation of the trained toy Wan: speed against quality.
+
+    python tests/bench_quality.py [--prompts 3] [--steps 30] [--out bench_quality.json]
+                                  [--plot assets/bench_quality.png]
+
+On held-out captions and seeds (never drawn in training), 30 steps, guidance 5, 17x64x64, every
+configuration runs beside an uncached run of the same prompt and seed in this process, and reports:
+- `computed`: the fraction of transformer forwards whose last block ran (a hook on its
+  feed-forward, the same count for EDiT's policies and diffusers' hooks);
+- `speedup`: uncached wall time over this run's, median over the prompts (decoding included);
+- `psnr`, `ssim`, `temporal`: `edit.metrics.compare` of the video against the uncached one,
+  medians over the prompts.
+
+Configurations: EDiT's TeaCache (with the toy's own calibrated coefficients) and FBCache over
+thresholds, a FORA-style static schedule (`set_cells`: compute every N-th step, reuse between), and
+diffusers' own hooks on the same components: FirstBlockCacheConfig, TaylorSeerCacheConfig,
+SeaCacheConfig and MagCacheConfig (its ratios calibrated on another prompt with `calibrate=True`).
+Writes the JSON and a speed-quality plot (a line per policy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import contextlib
+import copy
+import io
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def held_out_prompts(count: int) -> list[str]:
+    from edit.toy import data
+
+    return [c.caption for c in data.batch(4242, count, two=0)]
+
+
+class LastBlockCounter:
+    """Counts the forwards in which the transformer's last block ran: its feed-forward's calls (a
+    hook on the block itself would fire for diffusers' hooks too, which replace the block's forward
+    and return a cached output)."""
+
+    def __init__(self, transformer):
+        self.calls = 0
+        self.handle = transformer.blocks[-1].ffn.register_forward_pre_hook(self._count)
+
+    def _count(self, module, args):
+        self.calls += 1
+
+    def close(self):
+        self.handle.remove()
+
+
+def run(pipe, prompt: str, seed: int, steps: int) -> tuple[np.ndarray, float]:
+    start = time.perf_counter()
+    frames = pipe(prompt, num_inference_steps=steps, guidance_scale=5.0, num_frames=17, height=64, width=64,
+                  generator=torch.Generator().manual_seed(seed), output_type="np").frames[0]
+    return frames, time.perf_counter() - start
+
+
+def fora_passes(steps: int, interval: int, warm: int = 2):
+    from edit.passes import Pipeline
+
+    reuse = [s for s in range(warm, steps - 1) if (s - warm) % interval]
+    return Pipeline.parse(f"set_cells(mode=reuse, steps={reuse})").passes
+
+
+def edit_configs(steps: int) -> list[tuple[str, Any, Callable]]:
+    """(policy, setting, enable(pipe)) for EDiT's own policies."""
+    out = []
+    for t in (0.05, 0.1, 0.2, 0.3, 0.5):
+        out.append(("edit teacache", t, lambda p, t=t: p.enable_cache("teacache", rel_l1_thresh=t, num_inference_steps=steps)))
+    for t in (0.05, 0.1, 0.2, 0.3):
+        out.append(("edit fbcache", t, lambda p, t=t: p.enable_cache("fbcache", rel_l1_thresh=t, num_inference_steps=steps)))
+    for n in (2, 3, 4):
+        out.append(("edit set_cells (FORA)", n, lambda p, n=n: p.enable_cache(
+            "none", passes=fora_passes(steps, n), num_inference_steps=steps)))
+    return out
+
+
+def magcache_ratios(components: dict, steps: int, prompt: str) -> list[float]:
+    """diffusers' own MagCache calibration (`calibrate=True` prints the ratios at the end of a run)."""
+    from diffusers import MagCacheConfig, WanPipeline
+
+    comps = dict(components, transformer=copy.deepcopy(components["transformer"]))
+    pipe = WanPipeline(**comps)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.transformer.enable_cache(MagCacheConfig(calibrate=True, num_inference_steps=steps))
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        run(pipe, prompt, 7, steps)
+    lists = [line for line in printed.getvalue().splitlines() if line.strip().startswith("[")]
+    return [float(v) for v in ast.literal_eval(lists[-1])]
+
+
+def diffusers_configs(components: dict, steps: int, calibration_prompt: str) -> list[tuple[str, Any, Callable]]:
+    from diffusers import FirstBlockCacheConfig, MagCacheConfig, SeaCacheConfig, TaylorSeerCacheConfig
+
+    ratios = magcache_ratios(components, steps, calibration_prompt)
+    out = []
+    for t in (0.05, 0.1, 0.2):
+        out.append(("diffusers FirstBlockCache", t, lambda t=t: FirstBlockCacheConfig(threshold=t)))
+    for n in (2, 3, 4):
+        out.append(("diffusers TaylorSeer", n, lambda n=n: TaylorSeerCacheConfig(
+            cache_interval=n, disable_cache_before_step=2, taylor_factors_dtype=torch.float32)))
+    for t in (0.1, 0.25, 0.5):
+        out.append(("diffusers SeaCache", t, lambda t=t: SeaCacheConfig(threshold=t)))
+    for t in (0.02, 0.06, 0.12):
+        out.append(("diffusers MagCache", t, lambda t=t: MagCacheConfig(
+            threshold=t, num_inference_steps=steps, mag_ratios=ratios)))
+    return out
+
+
+def measure(make_pipe: Callable, prompts: list[str], steps: int, reference_pipe) -> dict[str, Any]:
+    pipe = make_pipe()
+    counter = LastBlockCounter(pipe.transformer)
+    rows = []
+    for i, prompt in enumerate(prompts):
+        seed = 1000 + i
+        reference, t_ref = run(reference_pipe, prompt, seed, steps)  # side by side: just before
+        counter.calls = 0
+        frames, t = run(pipe, prompt, seed, steps)
+        metrics = edit_metrics(frames, reference)
+        rows.append(dict(speedup=t_ref / t, computed=counter.calls / (2 * steps), **metrics))
+    counter.close()
+    return {key: statistics.median(r[key] for r in rows) for key in rows[0]}
+
+
+def edit_metrics(frames: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    from edit.metrics import compare
+
+    result = compare(np.clip(frames, 0, 1), np.clip(reference, 0, 1))
+    return dict(psnr=min(result["psnr"], 100.0), ssim=result["ssim"], temporal=result["temporal"])
+
+
+def plot(results: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
+    for policy in dict.fromkeys(r["policy"] for r in results):
+        rows = sorted((r for r in results if r["policy"] == policy), key=lambda r: r["speedup"])
+        ax.plot([r["speedup"] for r in rows], [r["psnr"] for r in rows], marker="o", label=policy,
+                linestyle="--" if policy.startswith("diffusers") else "-")
+        for r in rows:
+            ax.annotate(f"{r['setting']:g}", (r["speedup"], r["psnr"]), fontsize=6, xytext=(3, 3),
+                        textcoords="offset points")
+    ax.set_xlabel("speedup over the uncached run (wall time, decoding included)")
+    ax.set_ylabel("PSNR against the uncached video (dB)")
+    ax.set_title("Cache policies on the trained toy Wan (30 steps, CFG 5, held-out prompts)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from diffusers import WanPipeline
+
+    import edit
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompts", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--out", default=str(ROOT / "bench_quality.json"))
+    parser.add_argument("--plot", default=str(ROOT / "assets" / "bench_quality.png"))
+    parser.add_argument("--folder", default=None, help="a trained toy pipeline folder (default: the shipped one)")
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    base = edit.toy_pipeline(folder=args.folder)
+    base.set_progress_bar_config(disable=True)
+    components = dict(base.components)
+    prompts = held_out_prompts(args.prompts + 1)
+    calibration_prompt, prompts = prompts[0], prompts[1:]
+    reference = edit.EditWanPipeline(**components)
+    reference.set_progress_bar_config(disable=True)
+    results = []
+
+    def ours(enable):
+        def make():
+            pipe = edit.EditWanPipeline(**components)
+            pipe.set_progress_bar_config(disable=True)
+            enable(pipe)
+            return pipe
+        return make
+
+    def theirs(config):
+        def make():
+            comps = dict(components, transformer=copy.deepcopy(components["transformer"]))  # hooks attach
+            pipe = WanPipeline(**comps)
+            pipe.set_progress_bar_config(disable=True)
+            pipe.transformer.enable_cache(config())
+            return pipe
+        return make
+
+    configs = [(p, s, ours(e)) for p, s, e in edit_configs(args.steps)]
+    configs += [(p, s, theirs(c)) for p, s, c in diffusers_configs(components, args.steps, calibration_prompt)]
+    for policy, setting, make in configs:
+        row = dict(policy=policy, setting=setting, **measure(make, prompts, args.steps, reference))
+        results.append(row)
+        print(f"{policy:<28} {setting:<6g} computed {row['computed']:.2f}  speedup {row['speedup']:.2f}x  "
+              f"psnr {row['psnr']:6.2f}  ssim {row['ssim']:.4f}  temporal {row['temporal']:.4f}", flush=True)
+    out = dict(meta=dict(prompts=prompts, steps=args.steps, guidance=5.0, size="17x64x64",
+                         torch=torch.__version__, threads=torch.get_num_threads()), results=results)
+    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+    plot(results, Path(args.plot))
+    print(f"wrote {args.out} and {args.plot}")
+    return out
+
+
+if __name__ == "__main__":
+    main()

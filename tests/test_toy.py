@@ -71,28 +71,31 @@ def test_training_interrupted_and_resumed_ends_where_an_uninterrupted_run_does(t
     from edit.toy import train
 
     whole = train.run(train.SMOKE, tmp_path / "w1", tmp_path / "out1")
-    assert set(whole) >= {"seconds", "reconstruction_psnr", "vae_final_loss", "transformer_final_loss"}
-    real_save, saves = train.Checkpoint.save, []
+    assert set(whole) >= {"seconds", "reconstruction_psnr", "vae_final_loss", "decoder_final_loss",
+                          "transformer_final_loss"}
+    real_save = train.Checkpoint.save
+    for phase in ("decoder", "transformer"):  # a Ctrl-C just after the first checkpoint of each
+        saves = []
 
-    def save_then_stop(self, state):  # a Ctrl-C just after the first transformer checkpoint
-        real_save(self, state)
-        saves.append(state["phase"])
-        if state["phase"] == "transformer":
-            raise KeyboardInterrupt
-    monkeypatch.setattr(train.Checkpoint, "save", save_then_stop)
-    with pytest.raises(KeyboardInterrupt):
-        train.run(train.SMOKE, tmp_path / "w2", tmp_path / "out2")
-    monkeypatch.setattr(train.Checkpoint, "save", real_save)
-    assert saves[-1] == "transformer" and not (tmp_path / "out2").exists()
-    train.run(train.SMOKE, tmp_path / "w2", tmp_path / "out2")
-    first, second = _weights(tmp_path / "out1"), _weights(tmp_path / "out2")
-    for part in first:
-        assert first[part].keys() == second[part].keys()
-        assert all(torch.equal(first[part][k], second[part][k]) for k in first[part]), part
+        def save_then_stop(self, state, phase=phase, saves=saves):
+            real_save(self, state)
+            saves.append(state["phase"])
+            if state["phase"] == phase:
+                raise KeyboardInterrupt
+        monkeypatch.setattr(train.Checkpoint, "save", save_then_stop)
+        with pytest.raises(KeyboardInterrupt):
+            train.run(train.SMOKE, tmp_path / phase, tmp_path / f"out-{phase}")
+        monkeypatch.setattr(train.Checkpoint, "save", real_save)
+        assert saves[-1] == phase and not (tmp_path / f"out-{phase}").exists()
+        train.run(train.SMOKE, tmp_path / phase, tmp_path / f"out-{phase}")
+        first, second = _weights(tmp_path / "out1"), _weights(tmp_path / f"out-{phase}")
+        for part in first:
+            assert first[part].keys() == second[part].keys()
+            assert all(torch.equal(first[part][k], second[part][k]) for k in first[part]), (phase, part)
     with pytest.raises(ValueError, match="workdir: .* another config"):
         import attrs
 
-        train.run(attrs.evolve(train.SMOKE, steps=4), tmp_path / "w2", tmp_path / "out3")
+        train.run(attrs.evolve(train.SMOKE, steps=4), tmp_path / "transformer", tmp_path / "out3")
 
     # the folder it wrote is a complete pipeline: it loads offline, generates deterministically,
     # and with no cache it is diffusers' WanPipeline bit for bit

@@ -7,6 +7,8 @@ interrupt and it carries on from the last saved step, with the same random strea
    32x32 crops of a pool rendered once, because its convolutions are translation-invariant and
    causal in time, so crops cost a fraction of full clips and teach the same weights (its first
    frame alone and then a chunk of four, as at 17 frames);
+   then its decoder alone on full 17-frame crops (the encoder frozen), which teaches the carry
+   from one chunk into the next that 5 frames never showed;
 2. a pool of full 17x64x64 clips is encoded once (the posterior mode); the per-channel mean and
    std of those latents become the VAE's `latents_mean`/`latents_std`, as Wan's VAE config has;
 3. the transformer and the text encoder learn flow matching in that normalised latent space,
@@ -61,6 +63,10 @@ class Config:
     vae_pool: int = 1024  # clips rendered once; each step crops some of them anew
     crop_frames: int = 5
     crop: int = 32
+    decoder_steps: int = 600
+    decoder_batch: int = 4
+    decoder_lr: float = 3e-4
+    decoder_pool: int = 256
     pool: int = 1200
     steps: int = 1400
     batch: int = 12
@@ -76,7 +82,8 @@ class Config:
 
 
 #: A config small enough for a smoke test of every phase (seconds, not minutes).
-SMOKE = Config(vae_steps=3, vae_batch=2, vae_pool=4, crop_frames=5, crop=16, pool=4, steps=3, batch=2, warmup=1,
+SMOKE = Config(vae_steps=3, vae_batch=2, vae_pool=4, crop_frames=5, crop=16, decoder_steps=2, decoder_batch=1,
+               decoder_pool=2, pool=4, steps=3, batch=2, warmup=1,
                checkpoint_every=2, frames=5, size=32,
                transformer={**TRANSFORMER, "num_layers": 2, "num_attention_heads": 2, "ffn_dim": 64},
                vae={**VAE, "base_dim": 8})
@@ -173,6 +180,50 @@ def train_vae(parts: dict, config: Config, ckpt: Checkpoint, state: dict, log) -
             ckpt.save(dict(phase="vae", step=step + 1, vae=vae.state_dict(), opt=opt.state_dict(),
                            rng=rng.bit_generator.state, config=attrs.asdict(config)))
     bar.close()
+    vae.eval()
+
+
+def train_decoder(parts: dict, config: Config, ckpt: Checkpoint, state: dict, log) -> None:
+    """The decoder alone on full-length crops: the 5-frame phase never carried the causal cache
+    from one 4-frame chunk into the next, and frames past the fifth decoded at about 17 dB. The
+    encoder stays frozen, so the latent space (and any latent made from it) does not move."""
+    vae = parts["vae"]
+    frozen = [p for m in (vae.encoder, vae.quant_conv) for p in m.parameters()]
+    for p in frozen:
+        p.requires_grad_(False)
+    trained = [p for p in vae.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trained, lr=config.decoder_lr, weight_decay=0.0)
+    rng = np.random.default_rng([config.seed, 5])
+    if state.get("phase") == "decoder":
+        vae.load_state_dict(state["vae"])
+        opt.load_state_dict(state["opt"])
+        rng.bit_generator.state = state["rng"]
+    start = state.get("step", 0) if state.get("phase") == "decoder" else 0
+    pool = _clips(np.random.default_rng([config.seed, 6]), config.decoder_pool, config.frames, config.size)
+    vae.train()
+    bar = _bar(config.decoder_steps, start, "decoder")
+    for step in range(start, config.decoder_steps):
+        for group in opt.param_groups:
+            group["lr"] = _lr(step, config.decoder_steps, config.decoder_lr, min(config.warmup, config.decoder_steps))
+        x = _vae_batch(rng, attrs.evolve(config, vae_batch=config.decoder_batch), pool)
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.mode()
+        recon = vae.decode(z).sample
+        loss = (recon - x).abs().mean() + (recon - x).square().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
+        opt.step()
+        psnr = 10 * math.log10(4.0 / max(float((recon - x).square().mean()), 1e-12))
+        bar.set_postfix(loss=f"{float(loss):.4f}", psnr=f"{psnr:.1f}")
+        bar.update()
+        if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.decoder_steps:
+            log(dict(phase="decoder", step=step + 1, loss=float(loss), psnr=psnr))
+            ckpt.save(dict(phase="decoder", step=step + 1, vae=vae.state_dict(), opt=opt.state_dict(),
+                           rng=rng.bit_generator.state, config=attrs.asdict(config)))
+    bar.close()
+    for p in frozen:
+        p.requires_grad_(True)
     vae.eval()
 
 
@@ -294,8 +345,11 @@ def run(config: Config, workdir: Path, out: Path) -> dict[str, Any]:
 
     torch.manual_seed(config.seed)
     parts = build(config)
-    if state.get("phase") != "transformer":
+    phase = state.get("phase")
+    if phase not in ("decoder", "transformer"):
         train_vae(parts, config, ckpt, state, log)
+    if phase != "transformer":
+        train_decoder(parts, config, ckpt, state, log)
     else:
         parts["vae"].load_state_dict(state["vae"])
     vae_done = time.perf_counter()
@@ -313,7 +367,7 @@ def run(config: Config, workdir: Path, out: Path) -> dict[str, Any]:
                    reconstruction_psnr=round(psnr, 2), config=attrs.asdict(config))
     with open(log_path) as handle:
         records = [json.loads(line) for line in handle]
-    for phase in ("vae", "transformer"):
+    for phase in ("vae", "decoder", "transformer"):
         last = [r for r in records if r["phase"] == phase]
         if last:
             summary[f"{phase}_final_loss"] = last[-1]["loss"]

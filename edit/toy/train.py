@@ -147,40 +147,53 @@ def _bar(total: int, initial: int, desc: str):
     return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True)
 
 
-def train_vae(parts: dict, config: Config, ckpt: Checkpoint, state: dict, log) -> None:
-    vae = parts["vae"]
-    vae.train()
-    opt = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr, weight_decay=0.0)
-    rng = np.random.default_rng([config.seed, 1])
-    if state.get("phase") == "vae":
+def _fit_autoencoder(phase: str, vae, params: list, config: Config, ckpt: Checkpoint, state: dict, log, *,
+                     steps: int, lr: float, warmup: int, batch: int, pool: list[data.Clip], stream: int,
+                     train_encoder: bool) -> None:
+    """One resumable VAE phase: random crops of `pool`, L1 + MSE (L1 for sharp edges, MSE for PSNR),
+    checkpointed as `phase`. With `train_encoder` off the latents are made without gradients."""
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    rng = np.random.default_rng([config.seed, stream])
+    start = 0
+    if state.get("phase") == phase:
         vae.load_state_dict(state["vae"])
         opt.load_state_dict(state["opt"])
         rng.bit_generator.state = state["rng"]
-    start = state.get("step", 0) if state.get("phase") == "vae" else 0
-    pool = _clips(np.random.default_rng([config.seed, 4]), config.vae_pool, config.crop_frames, config.size)
-    bar = _bar(config.vae_steps, start, "vae")
-    for step in range(start, config.vae_steps):
+        start = state.get("step", 0)
+    crops = attrs.evolve(config, vae_batch=batch)
+    vae.train()
+    bar = _bar(steps, start, phase)
+    for step in range(start, steps):
         for group in opt.param_groups:
-            group["lr"] = _lr(step, config.vae_steps, config.vae_lr, config.warmup)
-        x = _vae_batch(rng, config, pool)
-        z = vae.encode(x).latent_dist.mode()
+            group["lr"] = _lr(step, steps, lr, warmup)
+        x = _vae_batch(rng, crops, pool)
+        with torch.set_grad_enabled(train_encoder):
+            z = vae.encode(x).latent_dist.mode()
         recon = vae.decode(z).sample
-        # L1 for sharp edges, MSE for PSNR; a small pull on z keeps the latent scale bounded
-        rec = (recon - x).abs().mean() + (recon - x).square().mean()
-        loss = rec + 1e-4 * z.square().mean()
+        loss = (recon - x).abs().mean() + (recon - x).square().mean()
+        if train_encoder:  # a small pull on z keeps the latent scale bounded
+            loss = loss + 1e-4 * z.square().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         psnr = 10 * math.log10(4.0 / max(float((recon - x).square().mean()), 1e-12))  # range [-1, 1]
         bar.set_postfix(loss=f"{float(loss):.4f}", psnr=f"{psnr:.1f}")
         bar.update()
-        if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.vae_steps:
-            log(dict(phase="vae", step=step + 1, loss=float(loss), psnr=psnr))
-            ckpt.save(dict(phase="vae", step=step + 1, vae=vae.state_dict(), opt=opt.state_dict(),
+        if (step + 1) % config.checkpoint_every == 0 or step + 1 == steps:
+            log(dict(phase=phase, step=step + 1, loss=float(loss), psnr=psnr))
+            ckpt.save(dict(phase=phase, step=step + 1, vae=vae.state_dict(), opt=opt.state_dict(),
                            rng=rng.bit_generator.state, config=attrs.asdict(config)))
     bar.close()
     vae.eval()
+
+
+def train_vae(parts: dict, config: Config, ckpt: Checkpoint, state: dict, log) -> None:
+    vae = parts["vae"]
+    pool = _clips(np.random.default_rng([config.seed, 4]), config.vae_pool, config.crop_frames, config.size)
+    _fit_autoencoder("vae", vae, list(vae.parameters()), config, ckpt, state, log, steps=config.vae_steps,
+                     lr=config.vae_lr, warmup=config.warmup, batch=config.vae_batch, pool=pool, stream=1,
+                     train_encoder=True)
 
 
 def train_decoder(parts: dict, config: Config, ckpt: Checkpoint, state: dict, log) -> None:
@@ -191,40 +204,13 @@ def train_decoder(parts: dict, config: Config, ckpt: Checkpoint, state: dict, lo
     frozen = [p for m in (vae.encoder, vae.quant_conv) for p in m.parameters()]
     for p in frozen:
         p.requires_grad_(False)
-    trained = [p for p in vae.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trained, lr=config.decoder_lr, weight_decay=0.0)
-    rng = np.random.default_rng([config.seed, 5])
-    if state.get("phase") == "decoder":
-        vae.load_state_dict(state["vae"])
-        opt.load_state_dict(state["opt"])
-        rng.bit_generator.state = state["rng"]
-    start = state.get("step", 0) if state.get("phase") == "decoder" else 0
     pool = _clips(np.random.default_rng([config.seed, 6]), config.decoder_pool, config.frames, config.size)
-    vae.train()
-    bar = _bar(config.decoder_steps, start, "decoder")
-    for step in range(start, config.decoder_steps):
-        for group in opt.param_groups:
-            group["lr"] = _lr(step, config.decoder_steps, config.decoder_lr, min(config.warmup, config.decoder_steps))
-        x = _vae_batch(rng, attrs.evolve(config, vae_batch=config.decoder_batch), pool)
-        with torch.no_grad():
-            z = vae.encode(x).latent_dist.mode()
-        recon = vae.decode(z).sample
-        loss = (recon - x).abs().mean() + (recon - x).square().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trained, 1.0)
-        opt.step()
-        psnr = 10 * math.log10(4.0 / max(float((recon - x).square().mean()), 1e-12))
-        bar.set_postfix(loss=f"{float(loss):.4f}", psnr=f"{psnr:.1f}")
-        bar.update()
-        if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.decoder_steps:
-            log(dict(phase="decoder", step=step + 1, loss=float(loss), psnr=psnr))
-            ckpt.save(dict(phase="decoder", step=step + 1, vae=vae.state_dict(), opt=opt.state_dict(),
-                           rng=rng.bit_generator.state, config=attrs.asdict(config)))
-    bar.close()
+    _fit_autoencoder("decoder", vae, [p for p in vae.parameters() if p.requires_grad], config, ckpt, state, log,
+                     steps=config.decoder_steps, lr=config.decoder_lr,
+                     warmup=min(config.warmup, config.decoder_steps), batch=config.decoder_batch, pool=pool,
+                     stream=5, train_encoder=False)
     for p in frozen:
         p.requires_grad_(True)
-    vae.eval()
 
 
 @torch.no_grad()

@@ -3,6 +3,8 @@ into words, and the training script (a smoke config, interrupted and resumed).""
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -73,29 +75,53 @@ def test_training_interrupted_and_resumed_ends_where_an_uninterrupted_run_does(t
     whole = train.run(train.SMOKE, tmp_path / "w1", tmp_path / "out1")
     assert set(whole) >= {"seconds", "reconstruction_psnr", "vae_final_loss", "decoder_final_loss",
                           "transformer_final_loss"}
+    # the padding's key and value stay exactly zero through training (train.condition_sharply)
+    weights = _weights(tmp_path / "out1")["transformer"]
+    fixed = [k for k in weights if k.startswith("condition_embedder.text_embedder.") and k.endswith(".bias")
+             or ".attn2.to_k.bias" in k or ".attn2.to_v.bias" in k]
+    assert len(fixed) == 2 + 2 * train.SMOKE.transformer["num_layers"]
+    assert all(not weights[k].any() for k in fixed)
     real_save = train.Checkpoint.save
-    for phase in ("decoder", "transformer"):  # a Ctrl-C just after the first checkpoint of each
+    # a Ctrl-C just after the first checkpoint of the decoder and of the transformer, and just after
+    # the transformer's last (its phase finished, the decoder not begun)
+    stops = {"decoder": lambda state: state["phase"] == "decoder",
+             "transformer": lambda state: state["phase"] == "transformer",
+             "transformer-end": lambda state: state["phase"] == "transformer" and state["step"] == train.SMOKE.steps}
+    for name, stop in stops.items():
         saves = []
 
-        def save_then_stop(self, state, phase=phase, saves=saves):
+        def save_then_stop(self, state, stop=stop, saves=saves):
             real_save(self, state)
-            saves.append(state["phase"])
-            if state["phase"] == phase:
+            saves.append(state)
+            if stop(state):
                 raise KeyboardInterrupt
         monkeypatch.setattr(train.Checkpoint, "save", save_then_stop)
         with pytest.raises(KeyboardInterrupt):
-            train.run(train.SMOKE, tmp_path / phase, tmp_path / f"out-{phase}")
+            train.run(train.SMOKE, tmp_path / name, tmp_path / f"out-{name}")
         monkeypatch.setattr(train.Checkpoint, "save", real_save)
-        assert saves[-1] == phase and not (tmp_path / f"out-{phase}").exists()
-        train.run(train.SMOKE, tmp_path / phase, tmp_path / f"out-{phase}")
-        first, second = _weights(tmp_path / "out1"), _weights(tmp_path / f"out-{phase}")
+        assert stop(saves[-1]) and not (tmp_path / f"out-{name}").exists()
+        if name == "transformer-end":  # a copy, to resume with a longer decoder phase below
+            shutil.copytree(tmp_path / name, tmp_path / "longer")
+            # a finished transformer is not trained or its pool encoded again
+            monkeypatch.setattr(train, "encode_pool", lambda *a: pytest.fail("encoded the pool again"))
+        train.run(train.SMOKE, tmp_path / name, tmp_path / f"out-{name}")
+        monkeypatch.undo()
+        first, second = _weights(tmp_path / "out1"), _weights(tmp_path / f"out-{name}")
         for part in first:
             assert first[part].keys() == second[part].keys()
-            assert all(torch.equal(first[part][k], second[part][k]) for k in first[part]), (phase, part)
-    with pytest.raises(ValueError, match="workdir: .* another config"):
-        import attrs
+            assert all(torch.equal(first[part][k], second[part][k]) for k in first[part]), (name, part)
+    import attrs
 
+    # a field of a phase the checkpoint has begun is refused, by name; one of a later phase is not,
+    # and changes only what that phase trains
+    with pytest.raises(ValueError, match=r"workdir: .* another config \(in phase 'decoder': steps differ\)"):
         train.run(attrs.evolve(train.SMOKE, steps=4), tmp_path / "transformer", tmp_path / "out3")
+    assert torch.load(tmp_path / "longer" / "checkpoint.pt", weights_only=False)["seconds"] > 0  # time so far
+    train.run(attrs.evolve(train.SMOKE, decoder_steps=4), tmp_path / "longer", tmp_path / "out-longer")
+    first, second = _weights(tmp_path / "out1"), _weights(tmp_path / "out-longer")
+    for part in ("transformer", "text_encoder"):
+        assert all(torch.equal(first[part][k], second[part][k]) for k in first[part]), part
+    assert not all(torch.equal(first["vae"][k], second["vae"][k]) for k in first["vae"])
 
     # the folder it wrote is a complete pipeline: it loads offline, generates deterministically,
     # and with no cache it is diffusers' WanPipeline bit for bit
@@ -160,3 +186,26 @@ def test_the_cli_toy_model_without_weights_is_one_line(tmp_path, capsys, monkeyp
     monkeypatch.setattr(edit.toy.model, "WEIGHTS", tmp_path / "none")
     assert main(["generate", "a red circle moving left", "--model", "toy", "--out", str(tmp_path / "f.gif")]) == 2
     assert capsys.readouterr().err.startswith("edit: error: --model: the toy weights are not in ")
+    assert not (tmp_path / "f.gif").exists()
+
+
+def test_the_word_tokenizer_knows_every_caption_word_and_nothing_else(tmp_path):
+    from transformers import AutoTokenizer
+
+    from edit.toy import words
+
+    tok = words.tokenizer()
+    unk = tok.convert_tokens_to_ids("<unk>")
+    rng = np.random.default_rng(5)
+    for _ in range(300):
+        caption = data.sample(rng, held_out=None, frames=2, height=16, width=16).caption
+        ids = tok(caption).input_ids
+        assert unk not in ids and ids[-1] == tok.eos_token_id, caption
+        assert len(ids) == len(caption.split()) + 1 <= 32  # prompt_embeds encodes 32 tokens
+    assert tok("").input_ids == [tok.eos_token_id]  # the negative prompt is one token, as with T5
+    assert tok("A RED Circle").input_ids == tok("a red circle").input_ids
+    assert tok("a purple circle").input_ids[1] == unk
+    tok.save_pretrained(tmp_path)
+    again = AutoTokenizer.from_pretrained(tmp_path, local_files_only=True)
+    assert again("a big white square on a dark background").input_ids == tok(
+        "a big white square on a dark background").input_ids

@@ -3,22 +3,28 @@
 Three phases, each resumable from the checkpoint in `--workdir` (rerun the same command after an
 interrupt and it carries on from the last saved step, with the same random streams):
 
-1. the VAE (`AutoencoderKLWan`, x4 in time and space) learns to reconstruct clips from 5-frame
-   32x32 crops of a pool rendered once, because its convolutions are translation-invariant and
-   causal in time, so crops cost a fraction of full clips and teach the same weights (its first
-   frame alone and then a chunk of four, as at 17 frames);
-   then its decoder alone on full 17-frame crops (the encoder frozen), which teaches the carry
-   from one chunk into the next that 5 frames never showed;
-2. a pool of full 17x64x64 clips is encoded once (the posterior mode); the per-channel mean and
-   std of those latents become the VAE's `latents_mean`/`latents_std`, as Wan's VAE config has;
-3. the transformer and the text encoder learn flow matching in that normalised latent space,
-   exactly as Wan samples it: x_t = (1 - s) x0 + s noise with s drawn through the same shift as the
-   scheduler's `flow_shift`, the target noise - x0 (UniPC `flow_prediction`), timestep 1000 s, and
-   captions dropped to "" (the pipeline's negative prompt) one time in ten, for guidance.
+1. "vae": the VAE (`AutoencoderKLWan`, x4 in time and space) learns to reconstruct clips from
+   5-frame 32x32 crops of a pool rendered once, because its convolutions are translation-invariant
+   and causal in time, so crops cost a fraction of full clips and teach the same weights (its
+   first frame alone and then a chunk of four, as at 17 frames);
+2. "transformer": a pool of full 17x64x64 clips is encoded once (the posterior mode); the
+   per-channel mean and std of those latents become the VAE's `latents_mean`/`latents_std`, as
+   Wan's VAE config has; the transformer and the text encoder learn flow matching in that
+   normalised latent space, exactly as Wan samples it: x_t = (1 - s) x0 + s noise with s drawn
+   through the same shift as the scheduler's `flow_shift`, the target noise - x0 (UniPC
+   `flow_prediction`), timestep 1000 s, and captions dropped to "" (the pipeline's negative
+   prompt) one time in ten, for guidance;
+3. "decoder": the decoder alone on full 17-frame crops, the encoder frozen (so the latents of
+   phase 2 do not move), which teaches the carry from one 4-frame chunk into the next that 5
+   frames never showed.
 
-The text encoder (the tiny byte-level UMT5) is trained with the transformer rather than frozen:
-its random weights mix the bytes of neighbouring words, and learning costs almost nothing beside
-the transformer (two layers over ~60 bytes). The prompt embeddings are made by the pipeline's own
+A checkpoint refuses a config that differs in a field of a phase it has begun; fields of later
+phases may change (e.g. a longer decoder phase on a finished transformer).
+
+The text encoder (a two-layer UMT5 over the grammar's words, `edit.toy.words`) is trained with the
+transformer rather than frozen: random weights would hand the transformer a fixed mixing of
+neighbouring words it must undo, and learning costs almost nothing beside the transformer (two
+layers over under 20 tokens). The prompt embeddings are made by the pipeline's own
 `_get_t5_prompt_embeds`, so training sees exactly what generation feeds the transformer.
 
 The result is written with `save_pretrained` as a complete pipeline folder (safetensors).
@@ -63,12 +69,12 @@ class Config:
     vae_pool: int = 1024  # clips rendered once; each step crops some of them anew
     crop_frames: int = 5
     crop: int = 32
-    decoder_steps: int = 600
+    decoder_steps: int = 1100
     decoder_batch: int = 4
-    decoder_lr: float = 3e-4
+    decoder_lr: float = 6e-4
     decoder_pool: int = 256
     pool: int = 1200
-    steps: int = 1400
+    steps: int = 2200
     batch: int = 12
     lr: float = 1e-3
     warmup: int = 100
@@ -92,17 +98,48 @@ SMOKE = Config(vae_steps=3, vae_batch=2, vae_pool=4, crop_frames=5, crop=16, dec
 def build(config: Config) -> dict[str, Any]:
     """The untrained components, seeded."""
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
-    from transformers import ByT5Tokenizer, UMT5Config, UMT5EncoderModel
+    from transformers import UMT5Config, UMT5EncoderModel
 
-    tokenizer = ByT5Tokenizer()
+    from edit.toy import words
+
+    tokenizer = words.tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         vae = AutoencoderKLWan(**config.vae)
         transformer = WanTransformer3DModel(**config.transformer)
         encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer), d_model=config.transformer["text_dim"],
                                               **config.text_encoder))
+    condition_sharply(transformer)
     scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=FLOW_SHIFT)
     return dict(transformer=transformer, vae=vae, text_encoder=encoder, tokenizer=tokenizer, scheduler=scheduler)
+
+
+#: The cross-attention logit scale at initialisation (its q and k RMSNorm weights, squared)
+CROSS_ATTENTION_SCALE = 4.0
+
+
+def condition_sharply(transformer) -> None:
+    """Let the few caption tokens win the cross-attention over the pipeline's zero padding.
+
+    Wan pads every prompt to 512 tokens; the 500 or so padding tokens (zeros from the text
+    encoder) share one key and one value, and with a default initialisation they keep most of
+    each query's attention: after the first 2400-step run the ~12 real tokens held 8-16% of it, so
+    the caption barely reached the transformer (a generation's colour and motion did not follow
+    it). Here the padding's key and value are exactly zero (the text projection's and the
+    cross-attention's key and value biases fixed at zero), so it only dilutes, and the q/k norms
+    start at `CROSS_ATTENTION_SCALE` times the logit scale, so a query can put its weight on the
+    words. The model stays a plain `WanTransformer3DModel`; only its starting point changes."""
+    text = transformer.condition_embedder.text_embedder
+    biases = [text.linear_1.bias, text.linear_2.bias]
+    with torch.no_grad():
+        for block in transformer.blocks:
+            attn = block.attn2
+            biases += [attn.to_k.bias, attn.to_v.bias]
+            attn.norm_q.weight.mul_(math.sqrt(CROSS_ATTENTION_SCALE))
+            attn.norm_k.weight.mul_(math.sqrt(CROSS_ATTENTION_SCALE))
+        for bias in biases:
+            bias.zero_()
+            bias.requires_grad_(False)
 
 
 def _lr(step: int, total: int, peak: float, warmup: int) -> float:
@@ -149,9 +186,10 @@ def _bar(total: int, initial: int, desc: str):
 
 def _fit_autoencoder(phase: str, vae, params: list, config: Config, ckpt: Checkpoint, state: dict, log, *,
                      steps: int, lr: float, warmup: int, batch: int, pool: list[data.Clip], stream: int,
-                     train_encoder: bool) -> None:
+                     train_encoder: bool, extra: dict | None = None) -> None:
     """One resumable VAE phase: random crops of `pool`, L1 + MSE (L1 for sharp edges, MSE for PSNR),
-    checkpointed as `phase`. With `train_encoder` off the latents are made without gradients."""
+    checkpointed as `phase` (with `extra` in each checkpoint). With `train_encoder` off the latents
+    are made without gradients."""
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     rng = np.random.default_rng([config.seed, stream])
     start = 0
@@ -177,13 +215,14 @@ def _fit_autoencoder(phase: str, vae, params: list, config: Config, ckpt: Checkp
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        psnr = 10 * math.log10(4.0 / max(float((recon - x).square().mean()), 1e-12))  # range [-1, 1]
-        bar.set_postfix(loss=f"{float(loss):.4f}", psnr=f"{psnr:.1f}")
+        psnr = 10 * math.log10(4.0 / max(float((recon.detach() - x).square().mean()), 1e-12))  # range [-1, 1]
+        loss = float(loss.detach())
+        bar.set_postfix(loss=f"{loss:.4f}", psnr=f"{psnr:.1f}")
         bar.update()
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == steps:
-            log(dict(phase=phase, step=step + 1, loss=float(loss), psnr=psnr))
+            log(dict(phase=phase, step=step + 1, loss=loss, psnr=psnr))
             ckpt.save(dict(phase=phase, step=step + 1, vae=vae.state_dict(), opt=opt.state_dict(),
-                           rng=rng.bit_generator.state, config=attrs.asdict(config)))
+                           rng=rng.bit_generator.state, config=attrs.asdict(config), **(extra or {})))
     bar.close()
     vae.eval()
 
@@ -199,8 +238,12 @@ def train_vae(parts: dict, config: Config, ckpt: Checkpoint, state: dict, log) -
 def train_decoder(parts: dict, config: Config, ckpt: Checkpoint, state: dict, log) -> None:
     """The decoder alone on full-length crops: the 5-frame phase never carried the causal cache
     from one 4-frame chunk into the next, and frames past the fifth decoded at about 17 dB. The
-    encoder stays frozen, so the latent space (and any latent made from it) does not move."""
+    encoder stays frozen, so the latent space (and any latent made from it) does not move: the
+    transformer trained before this phase is as good after it. Its checkpoints carry the trained
+    transformer and text encoder and the latent statistics, so a resumed run needs nothing else."""
     vae = parts["vae"]
+    extra = dict(transformer=parts["transformer"].state_dict(), text_encoder=parts["text_encoder"].state_dict(),
+                 vae_config=dict(vae.config))
     frozen = [p for m in (vae.encoder, vae.quant_conv) for p in m.parameters()]
     for p in frozen:
         p.requires_grad_(False)
@@ -208,7 +251,7 @@ def train_decoder(parts: dict, config: Config, ckpt: Checkpoint, state: dict, lo
     _fit_autoencoder("decoder", vae, [p for p in vae.parameters() if p.requires_grad], config, ckpt, state, log,
                      steps=config.decoder_steps, lr=config.decoder_lr,
                      warmup=min(config.warmup, config.decoder_steps), batch=config.decoder_batch, pool=pool,
-                     stream=5, train_encoder=False)
+                     stream=5, train_encoder=False, extra=extra)
     for p in frozen:
         p.requires_grad_(True)
 
@@ -245,11 +288,11 @@ def flow_sigmas(u: torch.Tensor, shift: float = FLOW_SHIFT) -> torch.Tensor:
     return shift * u / (1 + (shift - 1) * u)
 
 
-def prompt_embeds(pipe, prompts: list[str], length: int = 512, encoded: int = 128) -> torch.Tensor:
+def prompt_embeds(pipe, prompts: list[str], length: int = 512, encoded: int = 32) -> torch.Tensor:
     """What generation feeds the transformer (the pipeline pads to 512 tokens and zeroes the padding),
     with the text encoder run over `encoded` tokens only: its masked padding cannot change the real
-    tokens, and 128 covers every caption of the grammar, so this is the same tensor at an eighth of
-    the cost of encoding 512."""
+    tokens, and 32 covers every caption of the grammar (18 words at most, with the end token), so
+    this is the same tensor at a sixteenth of the cost of encoding 512."""
     text = pipe._get_t5_prompt_embeds(prompt=prompts, max_sequence_length=encoded, device=torch.device("cpu"))
     return torch.cat([text, text.new_zeros(text.shape[0], length - encoded, text.shape[2])], dim=1)
 
@@ -260,7 +303,7 @@ def train_transformer(parts: dict, config: Config, pool: torch.Tensor, captions:
 
     transformer, encoder = parts["transformer"], parts["text_encoder"]
     pipe = WanPipeline(**parts)  # for its own prompt embedding: padding and trimming as at generation
-    params = list(transformer.parameters()) + list(encoder.parameters())
+    params = [p for p in list(transformer.parameters()) + list(encoder.parameters()) if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.01)
     gen = torch.Generator().manual_seed(config.seed + 3)
     if state.get("phase") == "transformer":
@@ -290,10 +333,11 @@ def train_transformer(parts: dict, config: Config, pool: torch.Tensor, captions:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        bar.set_postfix(loss=f"{float(loss):.4f}")
+        loss = float(loss.detach())
+        bar.set_postfix(loss=f"{loss:.4f}")
         bar.update()
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
-            log(dict(phase="transformer", step=step + 1, loss=float(loss)))
+            log(dict(phase="transformer", step=step + 1, loss=loss))
             ckpt.save(dict(phase="transformer", step=step + 1, transformer=transformer.state_dict(),
                            text_encoder=encoder.state_dict(), opt=opt.state_dict(), gen=gen.get_state(),
                            vae=parts["vae"].state_dict(), vae_config=dict(parts["vae"].config),
@@ -316,47 +360,83 @@ def reconstruction_psnr(vae, config: Config, count: int = 16) -> float:
     return 10 * math.log10(1.0 / float(np.mean(errors)))
 
 
+#: The phases in the order they run. The decoder phase comes last: it freezes the encoder, so the
+#: latents the transformer learns are the same before and after it, and it can be lengthened (its
+#: fields changed) on a finished transformer without training that again.
+PHASES = ("vae", "transformer", "decoder")
+#: The first phase each config field changes; a checkpoint refuses another value only for fields of
+#: phases it has begun (checkpoint_every changes no weight).
+FIELD_PHASE = {"seed": "vae", "vae_steps": "vae", "vae_batch": "vae", "vae_lr": "vae", "vae_pool": "vae",
+               "crop_frames": "vae", "crop": "vae", "warmup": "vae", "vae": "vae", "size": "vae",
+               "pool": "transformer", "steps": "transformer", "batch": "transformer", "lr": "transformer",
+               "caption_dropout": "transformer", "transformer": "transformer", "text_encoder": "transformer",
+               "frames": "transformer", "decoder_steps": "decoder", "decoder_batch": "decoder",
+               "decoder_lr": "decoder", "decoder_pool": "decoder"}
+
+
+def _conflicts(saved: dict, config: Config, phase: str) -> list[str]:
+    begun = PHASES[:PHASES.index(phase) + 1]
+    now = attrs.asdict(config)
+    return sorted(k for k, first in FIELD_PHASE.items() if first in begun and saved.get(k) != now[k])
+
+
 def run(config: Config, workdir: Path, out: Path) -> dict[str, Any]:
     started = time.perf_counter()
     ckpt = Checkpoint(workdir)
     state = ckpt.load() or {}
-    if state and state.get("config") != attrs.asdict(config):
-        raise ValueError(f"workdir: {workdir} holds a checkpoint of another config; use another --workdir")
+    phase = state.get("phase", "vae")
+    if state and (conflicts := _conflicts(state["config"], config, phase)):
+        raise ValueError(f"workdir: {workdir} holds a checkpoint of another config (in phase {phase!r}: "
+                         f"{', '.join(conflicts)} differ); use another --workdir")
+    before = state.get("seconds", 0.0)  # the time the checkpoint's earlier runs spent
     log_path = workdir / "log.jsonl"
 
+    def elapsed() -> float:
+        return round(time.perf_counter() - started + before, 1)
+
     def log(record: dict) -> None:
-        record["seconds"] = round(time.perf_counter() - started + state.get("seconds", 0.0), 1)
+        record["seconds"] = elapsed()
         with open(log_path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
 
+    class Timed(Checkpoint):  # every checkpoint carries the total time spent, so a resumed run adds to it
+        def save(self, record: dict) -> None:
+            super().save({**record, "seconds": elapsed()})
+
+    ckpt = Timed(workdir)
     torch.manual_seed(config.seed)
     parts = build(config)
-    phase = state.get("phase")
-    if phase not in ("decoder", "transformer"):
+    at = PHASES.index(phase)
+    if at == 0:
         train_vae(parts, config, ckpt, state, log)
-    if phase != "transformer":
-        train_decoder(parts, config, ckpt, state, log)
     else:
         parts["vae"].load_state_dict(state["vae"])
-    vae_done = time.perf_counter()
-    pool, captions = encode_pool(parts, config)
-    set_latent_stats(parts["vae"], pool)
-    pool = normalise(parts["vae"], pool)
-    train_transformer(parts, config, pool, captions, ckpt, state, log)
+    finished = phase == "transformer" and state.get("step") == config.steps
+    if at <= 1 and not finished:
+        pool, captions = encode_pool(parts, config)
+        set_latent_stats(parts["vae"], pool)
+        train_transformer(parts, config, normalise(parts["vae"], pool), captions, ckpt, state, log)
+    else:  # a finished transformer: its weights and latent statistics are in the checkpoint
+        parts["transformer"].load_state_dict(state["transformer"])
+        parts["text_encoder"].load_state_dict(state["text_encoder"])
+        stats = state["vae_config"]
+        parts["vae"].register_to_config(latents_mean=stats["latents_mean"], latents_std=stats["latents_std"])
+        parts["transformer"].eval()
+        parts["text_encoder"].eval()
+    train_decoder(parts, config, ckpt, state, log)
     psnr = reconstruction_psnr(parts["vae"], config)
     from edit.pipeline import EditWanPipeline
 
     pipe = EditWanPipeline(**parts)
     out.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(out, safe_serialization=True)
-    summary = dict(seconds=round(time.perf_counter() - started, 1), vae_seconds=round(vae_done - started, 1),
-                   reconstruction_psnr=round(psnr, 2), config=attrs.asdict(config))
     with open(log_path) as handle:
         records = [json.loads(line) for line in handle]
-    for phase in ("vae", "decoder", "transformer"):
-        last = [r for r in records if r["phase"] == phase]
+    summary = dict(seconds=elapsed(), reconstruction_psnr=round(psnr, 2), config=attrs.asdict(config))
+    for name in PHASES:
+        last = [r for r in records if r["phase"] == name]
         if last:
-            summary[f"{phase}_final_loss"] = last[-1]["loss"]
+            summary[f"{name}_final_loss"] = last[-1]["loss"]
     (out / "training.json").write_text(json.dumps(summary, indent=1) + "\n")
     log(dict(phase="done", **{k: v for k, v in summary.items() if k != "config"}))
     return summary

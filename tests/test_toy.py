@@ -102,6 +102,9 @@ def test_training_interrupted_and_resumed_ends_where_an_uninterrupted_run_does(t
         assert stop(saves[-1]) and not (tmp_path / f"out-{name}").exists()
         if name == "transformer-end":  # a copy, to resume with a longer decoder phase below
             shutil.copytree(tmp_path / name, tmp_path / "longer")
+            last = torch.load(tmp_path / name / "checkpoint.pt", weights_only=False)["transformer"]
+            shipped = _weights(tmp_path / "out1")["transformer"]
+            assert any(not torch.equal(last[k], shipped[k]) for k in shipped)  # the weight average is shipped
             # a finished transformer is not trained or its pool encoded again
             monkeypatch.setattr(train, "encode_pool", lambda *a: pytest.fail("encoded the pool again"))
         train.run(train.SMOKE, tmp_path / name, tmp_path / f"out-{name}")

@@ -79,6 +79,7 @@ class Config:
     lr: float = 1e-3
     warmup: int = 100
     caption_dropout: float = 0.1
+    ema: float = 0.999  # the decay of the transformer's and text encoder's weight average (0: none)
     checkpoint_every: int = 50
     transformer: dict = attrs.field(factory=lambda: dict(TRANSFORMER))
     text_encoder: dict = attrs.field(factory=lambda: dict(TEXT_ENCODER))
@@ -306,11 +307,13 @@ def train_transformer(parts: dict, config: Config, pool: torch.Tensor, captions:
     params = [p for p in list(transformer.parameters()) + list(encoder.parameters()) if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.01)
     gen = torch.Generator().manual_seed(config.seed + 3)
+    average = [p.detach().clone() for p in params]
     if state.get("phase") == "transformer":
         transformer.load_state_dict(state["transformer"])
         encoder.load_state_dict(state["text_encoder"])
         opt.load_state_dict(state["opt"])
         gen.set_state(state["gen"])
+        average = [t.clone() for t in state["ema"]] if config.ema else average
     start = state.get("step", 0) if state.get("phase") == "transformer" else 0
     transformer.train()
     encoder.train()
@@ -333,6 +336,9 @@ def train_transformer(parts: dict, config: Config, pool: torch.Tensor, captions:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        if config.ema:  # the usual warm-up: the average forgets its random start quickly
+            with torch.no_grad():
+                torch._foreach_lerp_(average, [p.detach() for p in params], 1 - min(config.ema, (1 + step) / (10 + step)))
         loss = float(loss.detach())
         bar.set_postfix(loss=f"{loss:.4f}")
         bar.update()
@@ -341,8 +347,20 @@ def train_transformer(parts: dict, config: Config, pool: torch.Tensor, captions:
             ckpt.save(dict(phase="transformer", step=step + 1, transformer=transformer.state_dict(),
                            text_encoder=encoder.state_dict(), opt=opt.state_dict(), gen=gen.get_state(),
                            vae=parts["vae"].state_dict(), vae_config=dict(parts["vae"].config),
-                           config=attrs.asdict(config)))
+                           ema=average if config.ema else None, config=attrs.asdict(config)))
     bar.close()
+    use_average(parts, config, average if config.ema else None)
+
+
+def use_average(parts: dict, config: Config, average: list[torch.Tensor] | None) -> None:
+    """The transformer and text encoder take their weight average (what is shipped: sampling from a
+    small-batch run's last step is noisier than from its average), and go to eval mode."""
+    transformer, encoder = parts["transformer"], parts["text_encoder"]
+    if average is not None:
+        params = [p for p in list(transformer.parameters()) + list(encoder.parameters()) if p.requires_grad]
+        with torch.no_grad():
+            for p, a in zip(params, average, strict=True):
+                p.copy_(a)
     transformer.eval()
     encoder.eval()
 
@@ -369,7 +387,7 @@ PHASES = ("vae", "transformer", "decoder")
 FIELD_PHASE = {"seed": "vae", "vae_steps": "vae", "vae_batch": "vae", "vae_lr": "vae", "vae_pool": "vae",
                "crop_frames": "vae", "crop": "vae", "warmup": "vae", "vae": "vae", "size": "vae",
                "pool": "transformer", "steps": "transformer", "batch": "transformer", "lr": "transformer",
-               "caption_dropout": "transformer", "transformer": "transformer", "text_encoder": "transformer",
+               "caption_dropout": "transformer", "ema": "transformer", "transformer": "transformer", "text_encoder": "transformer",
                "frames": "transformer", "decoder_steps": "decoder", "decoder_batch": "decoder",
                "decoder_lr": "decoder", "decoder_pool": "decoder"}
 
@@ -421,8 +439,9 @@ def run(config: Config, workdir: Path, out: Path) -> dict[str, Any]:
         parts["text_encoder"].load_state_dict(state["text_encoder"])
         stats = state["vae_config"]
         parts["vae"].register_to_config(latents_mean=stats["latents_mean"], latents_std=stats["latents_std"])
-        parts["transformer"].eval()
-        parts["text_encoder"].eval()
+        # a transformer-phase checkpoint holds the last step's weights and the average apart; the
+        # decoder phase's holds the weights already averaged
+        use_average(parts, config, state.get("ema") if phase == "transformer" and config.ema else None)
     train_decoder(parts, config, ckpt, state, log)
     psnr = reconstruction_psnr(parts["vae"], config)
     from edit.pipeline import EditWanPipeline

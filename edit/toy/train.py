@@ -164,16 +164,20 @@ def _vae_batch(rng: np.random.Generator, config: Config, pool: list[data.Clip]) 
 
 
 class Checkpoint:
-    """One file in the work folder, written atomically: phase, step, weights, optimiser, RNG."""
+    """One file in the work folder, written atomically: phase, step, weights, optimiser, RNG, and
+    (with `elapsed`) the total seconds spent so far, so a resumed run adds to them."""
 
     def __init__(self, folder: Path):
         self.path = folder / "checkpoint.pt"
+        self.elapsed = None  # a callable giving the seconds to record with each save
         folder.mkdir(parents=True, exist_ok=True)
 
     def load(self) -> dict[str, Any] | None:
         return torch.load(self.path, weights_only=False) if self.path.exists() else None
 
     def save(self, state: dict[str, Any]) -> None:
+        if self.elapsed is not None:
+            state = {**state, "seconds": self.elapsed()}
         temp = self.path.with_suffix(".tmp")
         torch.save(state, temp)
         os.replace(temp, self.path)
@@ -304,7 +308,7 @@ def train_transformer(parts: dict, config: Config, pool: torch.Tensor, captions:
 
     transformer, encoder = parts["transformer"], parts["text_encoder"]
     pipe = WanPipeline(**parts)  # for its own prompt embedding: padding and trimming as at generation
-    params = [p for p in list(transformer.parameters()) + list(encoder.parameters()) if p.requires_grad]
+    params = _trained(parts)
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.01)
     gen = torch.Generator().manual_seed(config.seed + 3)
     average = [p.detach().clone() for p in params]
@@ -355,14 +359,18 @@ def train_transformer(parts: dict, config: Config, pool: torch.Tensor, captions:
 def use_average(parts: dict, config: Config, average: list[torch.Tensor] | None) -> None:
     """The transformer and text encoder take their weight average (what is shipped: sampling from a
     small-batch run's last step is noisier than from its average), and go to eval mode."""
-    transformer, encoder = parts["transformer"], parts["text_encoder"]
     if average is not None:
-        params = [p for p in list(transformer.parameters()) + list(encoder.parameters()) if p.requires_grad]
         with torch.no_grad():
-            for p, a in zip(params, average, strict=True):
+            for p, a in zip(_trained(parts), average, strict=True):
                 p.copy_(a)
-    transformer.eval()
-    encoder.eval()
+    parts["transformer"].eval()
+    parts["text_encoder"].eval()
+
+
+def _trained(parts: dict) -> list[torch.nn.Parameter]:
+    """The transformer's and text encoder's trained parameters, in one fixed order (the optimiser's
+    and the weight average's); `condition_sharply`'s frozen biases are not among them."""
+    return [p for m in (parts["transformer"], parts["text_encoder"]) for p in m.parameters() if p.requires_grad]
 
 
 @torch.no_grad()
@@ -417,11 +425,7 @@ def run(config: Config, workdir: Path, out: Path) -> dict[str, Any]:
         with open(log_path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
 
-    class Timed(Checkpoint):  # every checkpoint carries the total time spent, so a resumed run adds to it
-        def save(self, record: dict) -> None:
-            super().save({**record, "seconds": elapsed()})
-
-    ckpt = Timed(workdir)
+    ckpt.elapsed = elapsed
     torch.manual_seed(config.seed)
     parts = build(config)
     at = PHASES.index(phase)

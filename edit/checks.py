@@ -75,16 +75,21 @@ def check_enable_cache(*, store: Any, fold: Any) -> None:
 _WARNED: set = set()
 
 
+def _architecture(transformer: Any) -> tuple[int, int]:
+    """(layers, hidden width): what TEACACHE_ARCHITECTURES records for each coefficient set."""
+    config = transformer.config
+    return int(config.num_layers), int(config.num_attention_heads) * int(config.attention_head_dim)
+
+
 def variant_for(transformer: Any) -> str | None:
     """The TeaCache coefficient set fitted on this transformer's architecture (layers, width), when
     one was: `enable_cache("teacache")` then uses it without being told (the toy's own, or
     t2v-14B's on a 14B checkpoint); None when none was."""
     from edit.passes.policies import TEACACHE_ARCHITECTURES
 
-    config = getattr(transformer, "config", None)
-    if config is None:
+    if getattr(transformer, "config", None) is None:
         return None
-    have = (int(config.num_layers), int(config.num_attention_heads) * int(config.attention_head_dim))
+    have = _architecture(transformer)
     return next((variant for variant, fitted in TEACACHE_ARCHITECTURES.items() if fitted == have), None)
 
 
@@ -97,8 +102,7 @@ def check_variant(policy: Any, transformer: Any) -> None:
     variant = getattr(policy, "wan_variant", None)
     if not getattr(policy, "published", False) or variant not in TEACACHE_ARCHITECTURES or transformer is None:
         return
-    config = transformer.config
-    have = (int(config.num_layers), int(config.num_attention_heads) * int(config.attention_head_dim))
+    have = _architecture(transformer)
     fitted = TEACACHE_ARCHITECTURES[variant]
     if have != fitted and (variant, have) not in _WARNED:
         _WARNED.add((variant, have))

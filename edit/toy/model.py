@@ -6,8 +6,6 @@ from pathlib import Path
 from typing import Any
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
-#: The size the toy was trained at: 17 frames of 64x64 (latents 5x8x8)
-FRAMES, HEIGHT, WIDTH = 17, 64, 64
 
 
 def toy_components(*, folder: str | Path | None = None) -> dict[str, Any]:

@@ -45,9 +45,8 @@ import numpy as np
 import torch
 
 from edit.toy import data
+from edit.toy.model import WEIGHTS
 
-HERE = Path(__file__).resolve().parent
-WEIGHTS = HERE / "weights"
 
 TRANSFORMER = dict(patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=32, in_channels=16,
                    out_channels=16, text_dim=64, freq_dim=64, ffn_dim=512, num_layers=8, cross_attn_norm=True,

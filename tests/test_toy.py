@@ -212,3 +212,32 @@ def test_the_word_tokenizer_knows_every_caption_word_and_nothing_else(tmp_path):
     again = AutoTokenizer.from_pretrained(tmp_path, local_files_only=True)
     assert again("a big white square on a dark background").input_ids == tok(
         "a big white square on a dark background").input_ids
+
+
+def test_training_cross_attention_over_the_caption_tokens_is_generation_s_over_512():
+    from diffusers import WanPipeline
+    from diffusers.models.transformers.transformer_wan import WanAttnProcessor
+
+    from edit.toy import train
+
+    parts = train.build(train.SMOKE)
+    pipe = WanPipeline(**parts)
+    prompts = [c.caption for c in data.batch(0, 3)] + [""]
+    transformer = parts["transformer"].eval()
+    x = torch.randn(4, 16, 2, 8, 8, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([950.0, 500.0, 120.0, 3.0])
+    with torch.no_grad():
+        text = train.prompt_embeds(pipe, prompts)
+        generation = transformer(x, t, text, return_dict=False)[0]
+        train.cross_attention(transformer, train.PaddedCrossAttention())
+        training = transformer(x, t, text[:, :train.ENCODED], return_dict=False)[0]
+        # it rests on condition_sharply's zero key and value biases: padding is key 0, value 0
+        transformer.blocks[0].attn2.to_v.bias.add_(0.1)
+        biased = transformer(x, t, text[:, :train.ENCODED], return_dict=False)[0]
+        train.cross_attention(transformer, WanAttnProcessor())
+        biased_reference = transformer(x, t, text, return_dict=False)[0]
+    torch.testing.assert_close(training, generation, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(biased, biased_reference, atol=1e-3)
+    with pytest.raises(ValueError, match="encoder_hidden_states: 513 tokens"):
+        train.cross_attention(transformer, train.PaddedCrossAttention())
+        transformer(x, t, torch.cat([text, text[:, :1]], dim=1), return_dict=False)

@@ -62,18 +62,20 @@ FLOW_SHIFT = 3.0
 @attrs.frozen
 class Config:
     seed: int = 0
-    vae_steps: int = 3000
+    vae_steps: int = 2400
     vae_batch: int = 8
     vae_lr: float = 1e-3
     vae_pool: int = 1024  # clips rendered once; each step crops some of them anew
-    crop_frames: int = 5
+    crop_frames: int = 5  # the frames of a crop, before the last vae_long_steps
     crop: int = 32
-    decoder_steps: int = 1100
+    vae_long_steps: int = 900  # the last steps crop all `frames` frames, at vae_long_batch
+    vae_long_batch: int = 4
+    decoder_steps: int = 0
     decoder_batch: int = 4
     decoder_lr: float = 6e-4
     decoder_pool: int = 256
     pool: int = 1200
-    steps: int = 2200
+    steps: int = 2400
     batch: int = 12
     lr: float = 1e-3
     warmup: int = 100
@@ -88,7 +90,7 @@ class Config:
 
 
 #: A config small enough for a smoke test of every phase (seconds, not minutes).
-SMOKE = Config(vae_steps=3, vae_batch=2, vae_pool=4, crop_frames=5, crop=16, decoder_steps=2, decoder_batch=1,
+SMOKE = Config(vae_steps=3, vae_batch=2, vae_pool=4, crop_frames=1, crop=16, vae_long_steps=1, vae_long_batch=1, decoder_steps=2, decoder_batch=1,
                decoder_pool=2, pool=4, steps=3, batch=2, warmup=1,
                checkpoint_every=2, frames=5, size=32,
                transformer={**TRANSFORMER, "num_layers": 2, "num_attention_heads": 2, "ffn_dim": 64},
@@ -142,6 +144,45 @@ def condition_sharply(transformer) -> None:
             bias.requires_grad_(False)
 
 
+class PaddedCrossAttention:
+    """The cross-attention of a `condition_sharply` transformer over `length` text tokens, computed
+    from the first few only (a training-time shortcut, the same function).
+
+    The pipeline pads every prompt to 512 tokens of zeros, and with the key and value biases at zero
+    each padding token has key 0 and value 0: logit 0 and nothing added, only weight in the
+    softmax's sum. So the ~480 padding tokens past the ones passed are one extra key of logit
+    log(count) with value 0. Training with 32 tokens then costs what 32 cost, not 512 (a third of
+    the transformer's step time), and sees the same attention generation computes over 512."""
+
+    def __init__(self, length: int = 512):
+        self.length = length
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
+        query = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1)).transpose(1, 2)
+        key = attn.norm_k(attn.to_k(encoder_hidden_states)).unflatten(2, (attn.heads, -1)).transpose(1, 2)
+        value = attn.to_v(encoder_hidden_states).unflatten(2, (attn.heads, -1)).transpose(1, 2)
+        missing = self.length - key.shape[2]
+        if missing < 0:
+            raise ValueError(f"encoder_hidden_states: {key.shape[2]} tokens, more than length={self.length}")
+        if missing:
+            key = torch.cat([key, key.new_zeros(*key.shape[:2], 1, key.shape[3])], dim=2)
+            value = torch.cat([value, value.new_zeros(*value.shape[:2], 1, value.shape[3])], dim=2)
+            bias = key.new_zeros(1, key.shape[2])
+            bias[0, -1] = math.log(missing)
+            out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=bias)
+        else:
+            out = torch.nn.functional.scaled_dot_product_attention(query, key, value)
+        out = out.transpose(1, 2).flatten(2, 3).type_as(query)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+def cross_attention(transformer, processor) -> None:
+    """Give every block's cross-attention `processor` (`PaddedCrossAttention()` to train, the stock
+    `WanAttnProcessor()` to ship)."""
+    for block in transformer.blocks:
+        block.attn2.set_processor(processor)
+
+
 def _lr(step: int, total: int, peak: float, warmup: int) -> float:
     if step < warmup:
         return peak * (step + 1) / warmup
@@ -153,12 +194,16 @@ def _clips(rng: np.random.Generator, count: int, frames: int, size: int) -> list
     return [data.sample(rng, frames=frames, height=size, width=size) for _ in range(count)]
 
 
-def _vae_batch(rng: np.random.Generator, config: Config, pool: list[data.Clip]) -> torch.Tensor:
+def _vae_batch(rng: np.random.Generator, config: Config, pool: list[data.Clip], *, frames: int,
+               batch: int) -> torch.Tensor:
+    """`batch` crops of `frames` frames and `config.crop` pixels square; a shorter crop starts at a
+    chunk boundary (a multiple of 4 frames), so its own first frame is one the VAE sees alone."""
     crops = []
-    for index in rng.integers(0, len(pool), config.vae_batch):
+    for index in rng.integers(0, len(pool), batch):
         clip = pool[index]
+        t = 4 * int(rng.integers(0, (len(clip.video) - frames) // 4 + 1))
         y, x = rng.integers(0, config.size - config.crop + 1, size=2)
-        crops.append(data.to_pipeline_range(clip.video[:, y:y + config.crop, x:x + config.crop]))
+        crops.append(data.to_pipeline_range(clip.video[t:t + frames, y:y + config.crop, x:x + config.crop]))
     return torch.from_numpy(np.stack(crops))
 
 
@@ -190,7 +235,8 @@ def _bar(total: int, initial: int, desc: str):
 
 def _fit_autoencoder(phase: str, vae, params: list, config: Config, ckpt: Checkpoint, state: dict, log, *,
                      steps: int, lr: float, warmup: int, batch: int, pool: list[data.Clip], stream: int,
-                     train_encoder: bool, extra: dict | None = None) -> None:
+                     train_encoder: bool, frames: int, long_steps: int = 0, long_batch: int = 0,
+                     extra: dict | None = None) -> None:
     """One resumable VAE phase: random crops of `pool`, L1 + MSE (L1 for sharp edges, MSE for PSNR),
     checkpointed as `phase` (with `extra` in each checkpoint). With `train_encoder` off the latents
     are made without gradients."""
@@ -202,13 +248,14 @@ def _fit_autoencoder(phase: str, vae, params: list, config: Config, ckpt: Checkp
         opt.load_state_dict(state["opt"])
         rng.bit_generator.state = state["rng"]
         start = state.get("step", 0)
-    crops = attrs.evolve(config, vae_batch=batch)
     vae.train()
     bar = _bar(steps, start, phase)
+    recent = []
     for step in range(start, steps):
         for group in opt.param_groups:
             group["lr"] = _lr(step, steps, lr, warmup)
-        x = _vae_batch(rng, crops, pool)
+        long = step >= steps - long_steps
+        x = _vae_batch(rng, config, pool, frames=config.frames if long else frames, batch=long_batch if long else batch)
         with torch.set_grad_enabled(train_encoder):
             z = vae.encode(x).latent_dist.mode()
         recon = vae.decode(z).sample
@@ -223,7 +270,11 @@ def _fit_autoencoder(phase: str, vae, params: list, config: Config, ckpt: Checkp
         loss = float(loss.detach())
         bar.set_postfix(loss=f"{loss:.4f}", psnr=f"{psnr:.1f}")
         bar.update()
+        recent.append((loss, psnr))
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == steps:
+            # one batch of crops says little (a dark crop is easy): the log has the interval's means
+            loss, psnr = (float(np.mean(v)) for v in zip(*recent))
+            recent.clear()
             log(dict(phase=phase, step=step + 1, loss=loss, psnr=psnr))
             ckpt.save(dict(phase=phase, step=step + 1, vae=vae.state_dict(), opt=opt.state_dict(),
                            rng=rng.bit_generator.state, config=attrs.asdict(config), **(extra or {})))
@@ -233,10 +284,11 @@ def _fit_autoencoder(phase: str, vae, params: list, config: Config, ckpt: Checkp
 
 def train_vae(parts: dict, config: Config, ckpt: Checkpoint, state: dict, log) -> None:
     vae = parts["vae"]
-    pool = _clips(np.random.default_rng([config.seed, 4]), config.vae_pool, config.crop_frames, config.size)
+    pool = _clips(np.random.default_rng([config.seed, 4]), config.vae_pool, config.frames, config.size)
     _fit_autoencoder("vae", vae, list(vae.parameters()), config, ckpt, state, log, steps=config.vae_steps,
                      lr=config.vae_lr, warmup=config.warmup, batch=config.vae_batch, pool=pool, stream=1,
-                     train_encoder=True)
+                     train_encoder=True, frames=config.crop_frames, long_steps=config.vae_long_steps,
+                     long_batch=config.vae_long_batch)
 
 
 def train_decoder(parts: dict, config: Config, ckpt: Checkpoint, state: dict, log) -> None:
@@ -255,7 +307,7 @@ def train_decoder(parts: dict, config: Config, ckpt: Checkpoint, state: dict, lo
     _fit_autoencoder("decoder", vae, [p for p in vae.parameters() if p.requires_grad], config, ckpt, state, log,
                      steps=config.decoder_steps, lr=config.decoder_lr,
                      warmup=min(config.warmup, config.decoder_steps), batch=config.decoder_batch, pool=pool,
-                     stream=5, train_encoder=False, extra=extra)
+                     stream=5, train_encoder=False, frames=config.frames, extra=extra)
     for p in frozen:
         p.requires_grad_(True)
 
@@ -292,11 +344,15 @@ def flow_sigmas(u: torch.Tensor, shift: float = FLOW_SHIFT) -> torch.Tensor:
     return shift * u / (1 + (shift - 1) * u)
 
 
-def prompt_embeds(pipe, prompts: list[str], length: int = 512, encoded: int = 32) -> torch.Tensor:
+#: the text encoder's length in training: every caption of the grammar fits (18 words at most, with
+#: the end token)
+ENCODED = 32
+
+
+def prompt_embeds(pipe, prompts: list[str], length: int = 512, encoded: int = ENCODED) -> torch.Tensor:
     """What generation feeds the transformer (the pipeline pads to 512 tokens and zeroes the padding),
     with the text encoder run over `encoded` tokens only: its masked padding cannot change the real
-    tokens, and 32 covers every caption of the grammar (18 words at most, with the end token), so
-    this is the same tensor at a sixteenth of the cost of encoding 512."""
+    tokens, so this is the same tensor at a sixteenth of the cost of encoding 512."""
     text = pipe._get_t5_prompt_embeds(prompt=prompts, max_sequence_length=encoded, device=torch.device("cpu"))
     return torch.cat([text, text.new_zeros(text.shape[0], length - encoded, text.shape[2])], dim=1)
 
@@ -304,9 +360,11 @@ def prompt_embeds(pipe, prompts: list[str], length: int = 512, encoded: int = 32
 def train_transformer(parts: dict, config: Config, pool: torch.Tensor, captions: list[str], ckpt: Checkpoint,
                       state: dict, log) -> None:
     from diffusers import WanPipeline
+    from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 
     transformer, encoder = parts["transformer"], parts["text_encoder"]
     pipe = WanPipeline(**parts)  # for its own prompt embedding: padding and trimming as at generation
+    cross_attention(transformer, PaddedCrossAttention())
     params = _trained(parts)
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.01)
     gen = torch.Generator().manual_seed(config.seed + 3)
@@ -328,7 +386,7 @@ def train_transformer(parts: dict, config: Config, pool: torch.Tensor, captions:
         x0 = pool[index]
         drop = torch.rand(config.batch, generator=gen) < config.caption_dropout
         prompts = ["" if d else captions[int(i)] for i, d in zip(index, drop)]
-        text = prompt_embeds(pipe, prompts)
+        text = prompt_embeds(pipe, prompts, length=ENCODED)  # PaddedCrossAttention stands for the rest of the 512
         noise = torch.randn(x0.shape, generator=gen)
         sigma = flow_sigmas(torch.rand(config.batch, generator=gen))
         s = sigma.view(-1, 1, 1, 1, 1)
@@ -352,6 +410,7 @@ def train_transformer(parts: dict, config: Config, pool: torch.Tensor, captions:
                            vae=parts["vae"].state_dict(), vae_config=dict(parts["vae"].config),
                            ema=average if config.ema else None, config=attrs.asdict(config)))
     bar.close()
+    cross_attention(transformer, WanAttnProcessor())
     use_average(parts, config, average if config.ema else None)
 
 
@@ -392,7 +451,7 @@ PHASES = ("vae", "transformer", "decoder")
 #: The first phase each config field changes; a checkpoint refuses another value only for fields of
 #: phases it has begun (checkpoint_every changes no weight).
 FIELD_PHASE = {"seed": "vae", "vae_steps": "vae", "vae_batch": "vae", "vae_lr": "vae", "vae_pool": "vae",
-               "crop_frames": "vae", "crop": "vae", "warmup": "vae", "vae": "vae", "size": "vae",
+               "crop_frames": "vae", "crop": "vae", "vae_long_steps": "vae", "vae_long_batch": "vae", "warmup": "vae", "vae": "vae", "size": "vae",
                "pool": "transformer", "steps": "transformer", "batch": "transformer", "lr": "transformer",
                "caption_dropout": "transformer", "ema": "transformer", "transformer": "transformer", "text_encoder": "transformer",
                "frames": "transformer", "decoder_steps": "decoder", "decoder_batch": "decoder",

@@ -1,7 +1,9 @@
-"""Minimal generation with EDiT: the embedded tiny Wan model (random weights, so the video is noise by
-design), bit-identical to diffusers' WanPipeline with no cache.
+"""Minimal generation with EDiT: the trained toy Wan by default (a shape moving as the caption says,
+17 frames of 64x64), bit-identical to diffusers' WanPipeline with no cache.
 
-    python examples/example.py [--out fox.gif] [--model PATH_OR_HUB_ID]
+    python examples/example.py [--out circle.gif] [--model toy|tiny|PATH_OR_HUB_ID] [--steps 30]
+
+`--model tiny` is the embedded random-weight model (its video is noise by design, for exactness tests).
 """
 
 import argparse
@@ -11,17 +13,28 @@ import torch
 import edit
 from edit import EditWanPipeline
 
+SIZES = {"toy": dict(num_frames=17, height=64, width=64), "tiny": dict(num_frames=9, height=32, width=48)}
+
+
+def load(model: str):
+    if model == "toy":
+        return edit.toy_pipeline()
+    if model == "tiny":
+        return edit.tiny_pipeline(seed=0)
+    return EditWanPipeline.from_pretrained(model)
+
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="fox.gif", help="video file to write (.gif or .mp4)")
-    parser.add_argument("--model", default=None, help="a diffusers Wan folder or hub id (default: the tiny model)")
-    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--out", default="circle.gif", help="video file to write (.gif or .mp4)")
+    parser.add_argument("--model", default="toy", help="toy, tiny, a diffusers Wan folder or a hub id (default: toy)")
+    parser.add_argument("--prompt", default="a big red circle moving left on a dark background")
+    parser.add_argument("--steps", type=int, default=30)
     args = parser.parse_args(argv)
-    pipe = edit.tiny_pipeline(seed=0) if args.model is None else EditWanPipeline.from_pretrained(args.model)
-    size = dict(num_frames=9, height=32, width=48) if args.model is None else dict(num_frames=33, height=480, width=832)
-    video = pipe("a red fox running through snow", num_inference_steps=args.steps,
-                 generator=torch.Generator().manual_seed(0), **size).frames[0]
+    pipe = load(args.model)
+    size = SIZES.get(args.model, dict(num_frames=33, height=480, width=832))
+    video = pipe(args.prompt, num_inference_steps=args.steps, generator=torch.Generator().manual_seed(0),
+                 **size).frames[0]
     from diffusers.utils import export_to_video
     if args.out.endswith(".gif"):
         from PIL import Image

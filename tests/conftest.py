@@ -6,6 +6,7 @@ import functools
 import os
 
 os.environ.setdefault("EDIT_DEBUG", "1")  # the tests verify the graph after every pass
+os.environ.setdefault("EDIT_MODEL", "tiny")  # the CLI's default model: fast; tests of the toy name it
 
 import pytest
 import torch

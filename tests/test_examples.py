@@ -1,4 +1,5 @@
-"""Every script in examples/ runs (on the embedded tiny model) and does what it says."""
+"""Every script in examples/ runs (on the embedded tiny model; the toy's runs are in test_toy_model) and does
+what it says."""
 
 from __future__ import annotations
 
@@ -24,12 +25,12 @@ def test_every_example_is_tested():
 
 
 def test_example(tmp_path, capsys):
-    out = run_example("example.py", ["--out", str(tmp_path / "fox.gif"), "--steps", "3"], capsys)
+    out = run_example("example.py", ["--out", str(tmp_path / "fox.gif"), "--steps", "3", "--model", "tiny"], capsys)
     assert (tmp_path / "fox.gif").stat().st_size > 0 and "9 frames of 48x32" in out
 
 
 def test_wan_t2v_teacache(capsys):
-    out = run_example("wan_t2v_teacache.py", ["--steps", "8"], capsys)
+    out = run_example("wan_t2v_teacache.py", ["--steps", "8", "--model", "tiny"], capsys)
     assert "cond:u0" in out and "S" in out.split("cond:u0")[1].split()[0] and "TeaCache" in out
 
 

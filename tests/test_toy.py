@@ -241,3 +241,14 @@ def test_training_cross_attention_over_the_caption_tokens_is_generation_s_over_5
     with pytest.raises(ValueError, match="encoder_hidden_states: 513 tokens"):
         train.cross_attention(transformer, train.PaddedCrossAttention())
         transformer(x, t, torch.cat([text, text[:, :1]], dim=1), return_dict=False)
+
+
+def test_steadiness_is_zero_for_a_still_latent_and_blind_to_scale():
+    from edit.toy import train
+
+    still = torch.randn(2, 16, 1, 4, 4).expand(2, 16, 5, 4, 4)
+    assert float(train.steadiness(still)) == 0.0
+    moving = torch.randn(2, 16, 5, 4, 4, generator=torch.Generator().manual_seed(0))
+    assert float(train.steadiness(moving)) > 1.0  # independent frames: about 2
+    torch.testing.assert_close(train.steadiness(10 * moving), train.steadiness(moving))
+    assert float(train.steadiness(moving[:, :, :1])) == 0.0  # one frame: nothing to compare

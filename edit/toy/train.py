@@ -4,9 +4,12 @@ Three phases, each resumable from the checkpoint in `--workdir` (rerun the same 
 interrupt and it carries on from the last saved step, with the same random streams):
 
 1. "vae": the VAE (`AutoencoderKLWan`, x4 in time and space) learns to reconstruct clips from
-   5-frame 32x32 crops of a pool rendered once, because its convolutions are translation-invariant
-   and causal in time, so crops cost a fraction of full clips and teach the same weights (its
-   first frame alone and then a chunk of four, as at 17 frames);
+   32x32 crops of a pool rendered once (its convolutions are translation-invariant, so crops cost
+   a fraction of full frames and teach the same weights): 5-frame crops first (its first frame
+   alone and one 4-frame chunk: the spatial code, cheaply), then for the last `vae_long_steps`
+   all 17 frames, because the causal cache carried from one chunk into the next holds only for as
+   many chunks as training showed (a VAE that saw 5 frames wrote latent frame 1 unlike frames
+   2-4, and decoded frames past the fifth at 17 dB);
 2. "transformer": a pool of full 17x64x64 clips is encoded once (the posterior mode); the
    per-channel mean and std of those latents become the VAE's `latents_mean`/`latents_std`, as
    Wan's VAE config has; the transformer and the text encoder learn flow matching in that
@@ -14,9 +17,9 @@ interrupt and it carries on from the last saved step, with the same random strea
    through the same shift as the scheduler's `flow_shift`, the target noise - x0 (UniPC
    `flow_prediction`), timestep 1000 s, and captions dropped to "" (the pipeline's negative
    prompt) one time in ten, for guidance;
-3. "decoder": the decoder alone on full 17-frame crops, the encoder frozen (so the latents of
-   phase 2 do not move), which teaches the carry from one 4-frame chunk into the next that 5
-   frames never showed.
+3. "decoder" (optional, `decoder_steps`, 0 by default): the decoder alone on full 17-frame crops,
+   the encoder frozen (so the latents of phase 2 do not move): more reconstruction quality on a
+   finished transformer without training it again.
 
 A checkpoint refuses a config that differs in a field of a phase it has begun; fields of later
 phases may change (e.g. a longer decoder phase on a finished transformer).
@@ -70,6 +73,7 @@ class Config:
     crop: int = 32
     vae_long_steps: int = 900  # the last steps crop all `frames` frames, at vae_long_batch
     vae_long_batch: int = 4
+    vae_steady: float = 0.05  # weight of the latent's change from frame to frame, relative to its size
     decoder_steps: int = 0
     decoder_batch: int = 4
     decoder_lr: float = 6e-4
@@ -261,7 +265,7 @@ def _fit_autoencoder(phase: str, vae, params: list, config: Config, ckpt: Checkp
         recon = vae.decode(z).sample
         loss = (recon - x).abs().mean() + (recon - x).square().mean()
         if train_encoder:  # a small pull on z keeps the latent scale bounded
-            loss = loss + 1e-4 * z.square().mean()
+            loss = loss + 1e-4 * z.square().mean() + config.vae_steady * steadiness(z)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -280,6 +284,21 @@ def _fit_autoencoder(phase: str, vae, params: list, config: Config, ckpt: Checkp
                            rng=rng.bit_generator.state, config=attrs.asdict(config), **(extra or {})))
     bar.close()
     vae.eval()
+
+
+def steadiness(z: torch.Tensor) -> torch.Tensor:
+    """The mean square change of the latent from one latent frame to the next, relative to its mean
+    square: what keeps one code for one content over time.
+
+    Without it the encoder wrote each latent frame in a code of its own: over held-out clips, latent
+    frame 0 (the first frame, encoded alone) was uncorrelated with frame 1 (cosine -0.004 after
+    removing the means) and frames 1-4 only 0.5-0.65 alike, though most of every clip (its
+    background) does not move. The transformer then had to learn five codes for one shape, and its
+    generations kept the caption's colour (up to 16/20) but not its motion (1-3/20): shapes changed
+    or vanished from one latent frame to the next. Relative, so shrinking the latent cannot meet it."""
+    if z.shape[2] < 2:
+        return z.new_zeros(())
+    return (z[:, :, 1:] - z[:, :, :-1]).square().mean() / z.square().mean().clamp_min(1e-6)
 
 
 def train_vae(parts: dict, config: Config, ckpt: Checkpoint, state: dict, log) -> None:
@@ -451,7 +470,7 @@ PHASES = ("vae", "transformer", "decoder")
 #: The first phase each config field changes; a checkpoint refuses another value only for fields of
 #: phases it has begun (checkpoint_every changes no weight).
 FIELD_PHASE = {"seed": "vae", "vae_steps": "vae", "vae_batch": "vae", "vae_lr": "vae", "vae_pool": "vae",
-               "crop_frames": "vae", "crop": "vae", "vae_long_steps": "vae", "vae_long_batch": "vae", "warmup": "vae", "vae": "vae", "size": "vae",
+               "crop_frames": "vae", "crop": "vae", "vae_long_steps": "vae", "vae_long_batch": "vae", "vae_steady": "vae", "warmup": "vae", "vae": "vae", "size": "vae",
                "pool": "transformer", "steps": "transformer", "batch": "transformer", "lr": "transformer",
                "caption_dropout": "transformer", "ema": "transformer", "transformer": "transformer", "text_encoder": "transformer",
                "frames": "transformer", "decoder_steps": "decoder", "decoder_batch": "decoder",

@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from edit.toy.model import default_model
 from edit.cli_checks import (FULL_SIZE, POLICY_FLAGS, TINY_SIZE, CliError, check_drawing, check_flags,
                              check_model_and_size, check_outputs, check_request)
 
@@ -62,19 +63,14 @@ def _seed(text: str) -> int:
     return value
 
 
-def default_model() -> str:
-    """The model `--model` names when not given: the trained toy, or $EDIT_MODEL where it is set (the
-    test suite sets `tiny`: most CLI tests need speed, not a picture)."""
-    return os.environ.get("EDIT_MODEL") or "toy"
-
-
 def add_run_arguments(gen: argparse.ArgumentParser) -> None:
     """The model, size, step, guidance and cache flags `generate` and `plan` share."""
-    gen.add_argument("--model", default=default_model(),
+    gen.add_argument("--model", default=default_model(),  # read per parse: $EDIT_MODEL may change
                      help="'toy' (the trained toy: moving shapes from captions, 17 frames of 64x64, 30 steps), "
                           "'tiny' (embedded model with seeded random weights: its videos are noise), a folder "
                           "written by save_pretrained, or a hub id such as Wan-AI/Wan2.1-T2V-1.3B-Diffusers "
-                          "(default: toy, or $EDIT_MODEL where set; now %(default)s)")
+                          "(default: $EDIT_MODEL where set, else toy when its weights are installed, else tiny; "
+                          "here: %(default)s)")
     gen.add_argument("--negative-prompt", default=None, metavar="TEXT",
                      help="what to steer away from with classifier-free guidance (default: none)")
     gen.add_argument("--steps", type=_positive_int("--steps"), default=None,

@@ -1,9 +1,11 @@
-"""Minimal generation with EDiT: the trained toy Wan by default (a shape moving as the caption says,
-17 frames of 64x64), bit-identical to diffusers' WanPipeline with no cache.
+"""Minimal generation with EDiT, bit-identical to diffusers' WanPipeline with no cache: by default the
+trained toy Wan once its weights are in edit/toy/weights (shapes moving as the caption says, 17
+frames of 64x64), else the embedded tiny model.
 
     python examples/example.py [--out circle.gif] [--model toy|tiny|PATH_OR_HUB_ID] [--steps 30]
 
-`--model tiny` is the embedded random-weight model (its video is noise by design, for exactness tests).
+`--model tiny` is the embedded random-weight model (its video is noise by design, for exactness tests);
+$EDIT_MODEL sets the default, as for the CLI.
 """
 
 import argparse
@@ -12,6 +14,7 @@ import torch
 
 import edit
 from edit import EditWanPipeline
+from edit.toy.model import default_model
 
 SIZES = {"toy": dict(num_frames=17, height=64, width=64), "tiny": dict(num_frames=9, height=32, width=48)}
 
@@ -27,7 +30,8 @@ def load(model: str):
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="circle.gif", help="video file to write (.gif or .mp4)")
-    parser.add_argument("--model", default="toy", help="toy, tiny, a diffusers Wan folder or a hub id (default: toy)")
+    parser.add_argument("--model", default=default_model(),
+                        help="toy, tiny, a diffusers Wan folder or a hub id (default: the toy once trained, else tiny)")
     parser.add_argument("--prompt", default="a big red circle moving left on a dark background")
     parser.add_argument("--steps", type=int, default=30)
     args = parser.parse_args(argv)

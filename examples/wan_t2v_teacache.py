@@ -1,8 +1,8 @@
 """TeaCache on Wan text-to-video: the folded skip schedule, the run's stats, and the cost.
 
-On the trained toy (the default) `enable_cache("teacache")` uses the coefficients fitted on the toy
-with `calibrate_teacache`; on the random-weight `--model tiny` no published coefficients apply, so
-the script fits new ones first; with a real Wan2.1 checkpoint it uses the published `t2v-1.3B` ones.
+On the trained toy (the default once its weights are in edit/toy/weights) `enable_cache("teacache")`
+uses the coefficients fitted on the toy with `calibrate_teacache`; on the random-weight tiny model
+(the default before) no published coefficients apply, so the script fits new ones first; with a real Wan2.1 checkpoint it uses the published `t2v-1.3B` ones.
 
     python examples/wan_t2v_teacache.py [--threshold 0.2] [--steps 30] [--model toy|tiny|PATH_OR_HUB_ID]
 """
@@ -14,6 +14,7 @@ import torch
 
 import edit
 from edit import EditWanPipeline
+from edit.toy.model import default_model
 from edit.cache import calibrate_teacache
 
 SIZES = {"toy": dict(num_frames=17, height=64, width=64), "tiny": dict(num_frames=9, height=32, width=48)}
@@ -23,7 +24,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threshold", type=float, default=0.2)
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--model", default="toy")
+    parser.add_argument("--model", default=default_model(),
+                        help="toy, tiny, a diffusers Wan folder or a hub id (default: the toy once trained, else tiny)")
     args = parser.parse_args(argv)
     if args.model == "toy":
         pipe = edit.toy_pipeline()

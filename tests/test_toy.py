@@ -252,3 +252,36 @@ def test_steadiness_is_zero_for_a_still_latent_and_blind_to_scale():
     assert float(train.steadiness(moving)) > 1.0  # independent frames: about 2
     torch.testing.assert_close(train.steadiness(10 * moving), train.steadiness(moving))
     assert float(train.steadiness(moving[:, :, :1])) == 0.0  # one frame: nothing to compare
+
+
+def test_the_default_model_is_the_toy_once_trained_else_tiny_and_edit_model_wins(tmp_path, monkeypatch):
+    from edit.cli import build_parser
+    from edit.toy import model
+
+    monkeypatch.delenv("EDIT_MODEL", raising=False)
+    monkeypatch.setattr(model, "WEIGHTS", tmp_path)
+    assert model.default_model() == "tiny" and not model.trained()
+    (tmp_path / "model_index.json").write_text("{}")
+    assert model.default_model() == "toy" and model.trained()
+    assert build_parser().parse_args(["generate", "a fox"]).model == "toy"
+    monkeypatch.setenv("EDIT_MODEL", "tiny")
+    assert build_parser().parse_args(["generate", "a fox"]).model == "tiny"
+
+
+def test_the_toy_pipeline_makes_the_size_asked_for():
+    # the VAE is x4 in space; a config left at Wan's x8 made the pipeline draw 8x8 latents for
+    # 64x64 and decode 32x32, unlike anything the transformer trained on
+    from diffusers import WanPipeline
+
+    from edit.toy import train
+
+    parts = train.build(train.SMOKE)
+    with torch.no_grad():
+        latent = parts["vae"].encode(torch.zeros(1, 3, 5, 32, 32)).latent_dist.mode()
+    assert latent.shape[-1] == 32 // parts["vae"].config.scale_factor_spatial
+    assert latent.shape[2] == 1 + 4 // parts["vae"].config.scale_factor_temporal
+    pipe = WanPipeline(**parts)
+    pipe.set_progress_bar_config(disable=True)
+    frames = pipe("a big red circle moving left on a dark background", num_frames=5, height=32, width=32,
+                  num_inference_steps=1, output_type="np", generator=torch.Generator().manual_seed(0)).frames
+    assert frames.shape == (1, 5, 32, 32, 3)

@@ -8,6 +8,20 @@ from typing import Any
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 
 
+def trained(folder: str | Path | None = None) -> bool:
+    """Whether a trained toy pipeline is in `folder` (default: the shipped weights folder)."""
+    return (Path(folder) if folder is not None else WEIGHTS).joinpath("model_index.json").is_file()
+
+
+def default_model() -> str:
+    """The model the CLI and the examples use when none is named: $EDIT_MODEL where it is set (the
+    test suite sets `tiny`: most CLI tests need speed, not a picture), else the trained toy when its
+    weights are in edit/toy/weights, else the random-weight `tiny`."""
+    import os
+
+    return os.environ.get("EDIT_MODEL") or ("toy" if trained() else "tiny")
+
+
 def toy_components(*, folder: str | Path | None = None) -> dict[str, Any]:
     """The trained toy's components (`WanPipeline(**toy_components())` accepts them)."""
     pipe = toy_pipeline(folder=folder)
@@ -27,7 +41,7 @@ def toy_pipeline(*, folder: str | Path | None = None, torch_dtype=None):
     from edit.pipeline import EditWanPipeline
 
     path = Path(folder) if folder is not None else WEIGHTS
-    if not (path / "model_index.json").is_file():
+    if not trained(path):
         raise FileNotFoundError(f"folder: no trained toy pipeline in {str(path)!r} (model_index.json missing); "
                                 "train one with `python -m edit.toy.train`")
     return EditWanPipeline.from_pretrained(str(path), dtype=torch_dtype or torch.float32, local_files_only=True)

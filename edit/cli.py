@@ -17,9 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-from edit.toy.model import default_model
 from edit.cli_checks import (FULL_SIZE, POLICY_FLAGS, TINY_SIZE, CliError, check_drawing, check_flags,
                              check_model_and_size, check_outputs, check_request)
+from edit.toy.model import default_model
 
 
 class _Parser(argparse.ArgumentParser):

@@ -97,8 +97,8 @@ class Config:
 
 
 #: A config small enough for a smoke test of every phase (seconds, not minutes).
-SMOKE = Config(vae_steps=3, vae_batch=2, vae_pool=4, crop_frames=1, crop=16, vae_long_steps=1, vae_long_batch=1, decoder_steps=2, decoder_batch=1,
-               decoder_pool=2, pool=4, steps=3, batch=2, warmup=1,
+SMOKE = Config(vae_steps=3, vae_batch=2, vae_pool=4, crop_frames=1, crop=16, vae_long_steps=1, vae_long_batch=1,
+               decoder_steps=2, decoder_batch=1, decoder_pool=2, pool=4, steps=3, batch=2, warmup=1,
                checkpoint_every=2, frames=5, size=32,
                transformer={**TRANSFORMER, "num_layers": 2, "num_attention_heads": 2, "ffn_dim": 64},
                vae={**VAE, "base_dim": 8})
@@ -171,14 +171,13 @@ class PaddedCrossAttention:
         missing = self.length - key.shape[2]
         if missing < 0:
             raise ValueError(f"encoder_hidden_states: {key.shape[2]} tokens, more than length={self.length}")
+        bias = None
         if missing:
             key = torch.cat([key, key.new_zeros(*key.shape[:2], 1, key.shape[3])], dim=2)
             value = torch.cat([value, value.new_zeros(*value.shape[:2], 1, value.shape[3])], dim=2)
             bias = key.new_zeros(1, key.shape[2])
             bias[0, -1] = math.log(missing)
-            out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=bias)
-        else:
-            out = torch.nn.functional.scaled_dot_product_attention(query, key, value)
+        out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=bias)
         out = out.transpose(1, 2).flatten(2, 3).type_as(query)
         return attn.to_out[1](attn.to_out[0](out))
 

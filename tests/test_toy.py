@@ -40,6 +40,38 @@ def test_fixed_words_are_what_the_clip_shows_and_says():
     assert ys == sorted(ys, reverse=True) and ys[0] - ys[-1] == pytest.approx(1.5 * 16)
 
 
+def _middles(placement, count=40, **fixed):
+    rng = np.random.default_rng(11)
+    things = [data.sample(rng, two=0, placement=placement, **fixed).things[0] for _ in range(count)]
+    return np.array([(np.min(t.path, axis=0) + np.max(t.path, axis=0)) / 2 for t in things])  # the span's middle
+
+
+@pytest.mark.parametrize("motion", ["left", "up", "diagonally", "bouncing", "still"])
+def test_a_centred_clip_s_caption_settles_where_its_shape_goes_and_anywhere_does_not(motion):
+    centred = _middles("centred", motion=motion, size="big")
+    assert np.abs(centred - 32).max() <= data.JITTER + 1e-6  # the path's middle, whatever the start
+    assert centred.std(axis=0).min() > 1.0  # but not one fixed clip either
+    anywhere = _middles("anywhere", motion=motion, size="big")
+    assert np.abs(anywhere - 32).max() > 2 * data.JITTER
+    rng = np.random.default_rng(3)
+    for _ in range(20):  # every path stays inside the frame
+        for thing in data.sample(rng, motion=motion, two=1.0).things:
+            half = data.SIZES[thing.size]
+            assert all(half <= x <= 64 - half and half <= y <= 64 - half for x, y in thing.path), thing
+
+
+def test_anywhere_is_the_vae_s_placement_and_a_wrong_one_is_named():
+    from edit.toy import train
+
+    rng = np.random.default_rng(4)
+    clips = train._clips(np.random.default_rng(4), 30, 17, 64)
+    again = [data.sample(rng, placement="anywhere") for _ in range(30)]
+    assert [c.things for c in clips] == [c.things for c in again]
+    assert train.Config().placement == "centred"
+    with pytest.raises(ValueError, match="placement: expected one of"):
+        data.sample(rng, placement="middle")
+
+
 def test_the_reader_names_the_colour_and_direction_of_every_directional_clip():
     rng = np.random.default_rng(5)
     clips = [c for c in (data.sample(rng, two=0) for _ in range(120)) if c.things[0].motion in check.DIRECTIONS]

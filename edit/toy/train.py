@@ -87,6 +87,7 @@ class Config:
     lr: float = 1e-3
     warmup: int = 100
     caption_dropout: float = 0.1
+    placement: str = "centred"  # the transformer's clips (`data.PLACEMENTS`); the VAE's are "anywhere"
     ema: float = 0.999  # the decay of the transformer's and text encoder's weight average (0: none)
     checkpoint_every: int = 50
     transformer: dict = attrs.field(factory=lambda: dict(TRANSFORMER))
@@ -196,8 +197,10 @@ def _lr(step: int, total: int, peak: float, warmup: int) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def _clips(rng: np.random.Generator, count: int, frames: int, size: int) -> list[data.Clip]:
-    return [data.sample(rng, frames=frames, height=size, width=size) for _ in range(count)]
+def _clips(rng: np.random.Generator, count: int, frames: int, size: int, placement: str = "anywhere") -> list[data.Clip]:
+    """`count` clips; the VAE's (the default) put their shapes anywhere, so it reconstructs a shape
+    wherever a generation puts it."""
+    return [data.sample(rng, frames=frames, height=size, width=size, placement=placement) for _ in range(count)]
 
 
 def _vae_batch(rng: np.random.Generator, config: Config, pool: list[data.Clip], *, frames: int,
@@ -337,7 +340,7 @@ def train_decoder(parts: dict, config: Config, ckpt: Checkpoint, state: dict, lo
 def encode_pool(parts: dict, config: Config) -> tuple[torch.Tensor, list[str]]:
     vae = parts["vae"].eval()
     rng = np.random.default_rng([config.seed, 2])
-    clips = _clips(rng, config.pool, config.frames, config.size)
+    clips = _clips(rng, config.pool, config.frames, config.size, config.placement)
     latents = []
     bar = _bar(config.pool, 0, "encode")
     for i in range(0, len(clips), 8):
@@ -474,7 +477,7 @@ PHASES = ("vae", "transformer", "decoder")
 FIELD_PHASE = {"seed": "vae", "vae_steps": "vae", "vae_batch": "vae", "vae_lr": "vae", "vae_pool": "vae",
                "crop_frames": "vae", "crop": "vae", "vae_long_steps": "vae", "vae_long_batch": "vae", "vae_steady": "vae", "warmup": "vae", "vae": "vae", "size": "vae",
                "pool": "transformer", "steps": "transformer", "batch": "transformer", "lr": "transformer",
-               "caption_dropout": "transformer", "ema": "transformer", "transformer": "transformer", "text_encoder": "transformer",
+               "caption_dropout": "transformer", "placement": "transformer", "ema": "transformer", "transformer": "transformer", "text_encoder": "transformer",
                "frames": "transformer", "decoder_steps": "decoder", "decoder_batch": "decoder",
                "decoder_lr": "decoder", "decoder_pool": "decoder"}
 

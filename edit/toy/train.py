@@ -82,7 +82,7 @@ class Config:
     decoder_lr: float = 6e-4
     decoder_pool: int = 256
     pool: int = 1200
-    steps: int = 3600
+    steps: int = 4800
     batch: int = 12
     lr: float = 1e-3
     warmup: int = 100

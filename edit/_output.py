@@ -7,8 +7,10 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import stat
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 
@@ -60,18 +62,36 @@ def check_target(path: Path, flag: str) -> None:
 
 
 @contextlib.contextmanager
+def _interrupts_held():
+    """Hold SIGINT over a few statements, so a Ctrl-C lands after them: never between a temporary
+    file's creation and the `try` that removes it (the moment the file appears is when a user's,
+    or a test's, interrupt is likeliest to land on the writing). Main thread only, where Python's
+    handler runs; elsewhere a no-op."""
+    held = hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread()
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if held else None
+    try:
+        yield
+    finally:
+        if held:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+@contextlib.contextmanager
 def _temp_file(path: Path, flag: str):
+    temp = None
     try:
-        fd, temp = tempfile.mkstemp(dir=_folder(path), prefix=TEMP_PREFIX, suffix=path.suffix)
-    except OSError as err:
-        raise OutputError(flag, f"cannot create files in {str(_folder(path))!r}: {_reason(err)}") from None
-    os.close(fd)
-    try:
+        with _interrupts_held():
+            try:
+                fd, temp = tempfile.mkstemp(dir=_folder(path), prefix=TEMP_PREFIX, suffix=path.suffix)
+            except OSError as err:
+                raise OutputError(flag, f"cannot create files in {str(_folder(path))!r}: {_reason(err)}") from None
+            os.close(fd)
         os.chmod(temp, _mode_for(path))
         yield Path(temp)
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
+        if temp is not None:
+            with _interrupts_held(), contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
 
 
 def _mode_for(path: Path) -> int:
@@ -161,11 +181,13 @@ def write_plan(plan, path: Path, level: str, flag: str = "--plan", trace=None,
     from edit.graph import render
 
     folder = _folder(path)
+    staging = None
     try:
-        staging = Path(tempfile.mkdtemp(dir=folder, prefix=TEMP_PREFIX))
-    except OSError as err:
-        raise OutputError(flag, f"cannot create files in {str(folder)!r}: {_reason(err)}") from None
-    try:
+        with _interrupts_held():
+            try:
+                staging = Path(tempfile.mkdtemp(dir=folder, prefix=TEMP_PREFIX))
+            except OSError as err:
+                raise OutputError(flag, f"cannot create files in {str(folder)!r}: {_reason(err)}") from None
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
@@ -187,7 +209,9 @@ def write_plan(plan, path: Path, level: str, flag: str = "--plan", trace=None,
             note = f"graphviz `dot` not found on PATH: wrote only the DOT source (install graphviz to draw {path.name})"
         return folder / made.name, note
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            with _interrupts_held():
+                shutil.rmtree(staging, ignore_errors=True)
 
 
 _SIGNATURES = {".dot": (b"digraph",), ".svg": (b"<?xml", b"<svg", b"<!--"), ".png": (b"\x89PNG",), ".pdf": (b"%PDF",)}

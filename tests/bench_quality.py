@@ -1,13 +1,14 @@
 """What each cache policy does to a generation of the trained toy Wan: speed against quality.
 
-    python tests/bench_quality.py [--prompts 3] [--steps 30] [--out bench_quality.json]
-                                  [--plot assets/bench_quality.png]
+    python tests/bench_quality.py [--prompts 4] [--steps 30] [--out assets/bench_quality.json]
+                                  [--plot assets/bench_quality.png] [--replot]
 
 On held-out captions and seeds (never drawn in training), 30 steps, guidance 5, 17x64x64, every
 configuration runs beside an uncached run of the same prompt and seed in this process, and reports:
 - `computed`: the fraction of transformer forwards whose last block ran (a hook on its
   feed-forward, the same count for EDiT's policies and diffusers' hooks);
-- `speedup`: uncached wall time over this run's, median over the prompts (decoding included);
+- `speedup`: uncached wall time over this run's, median over the prompts (decoding included; the
+  uncached run of a pair goes first for even prompts, second for odd ones);
 - `psnr`, `ssim`, `temporal`: `edit.metrics.compare` of the video against the uncached one,
   medians over the prompts.
 
@@ -15,6 +16,8 @@ Configurations: EDiT's TeaCache (with the toy's own calibrated coefficients) and
 thresholds, a FORA-style static schedule (`set_cells`: compute every N-th step, reuse between), and
 diffusers' own hooks on the same components: FirstBlockCacheConfig, TaylorSeerCacheConfig,
 SeaCacheConfig and MagCacheConfig (its ratios calibrated on another prompt with `calibrate=True`).
+TaylorSeer runs in its lite mode, the only one that hooks a Wan transformer without patterns of
+its own (see `diffusers_configs`).
 Writes the JSON and a speed-quality plot (a line per policy).
 """
 
@@ -109,8 +112,11 @@ def diffusers_configs(components: dict, steps: int, calibration_prompt: str) -> 
     for t in (0.05, 0.1, 0.2):
         out.append(("diffusers FirstBlockCache", t, lambda t=t: FirstBlockCacheConfig(threshold=t)))
     for n in (2, 3, 4):
-        out.append(("diffusers TaylorSeer", n, lambda n=n: TaylorSeerCacheConfig(
-            cache_interval=n, disable_cache_before_step=2, taylor_factors_dtype=torch.float32)))
+        # lite mode: the blocks skipped, `proj_out` predicted. The default patterns hook nothing on Wan
+        # (`^blocks.*attn` must fullmatch, and Wan's are `blocks.N.attn1`/`attn2`): a run that
+        # computes every block, identical to the uncached one
+        out.append(("diffusers TaylorSeer (lite)", n, lambda n=n: TaylorSeerCacheConfig(
+            cache_interval=n, disable_cache_before_step=2, taylor_factors_dtype=torch.float32, use_lite_mode=True)))
     for t in (0.1, 0.25, 0.5):
         out.append(("diffusers SeaCache", t, lambda t=t: SeaCacheConfig(threshold=t)))
     for t in (0.02, 0.06, 0.12):
@@ -125,11 +131,17 @@ def measure(make_pipe: Callable, prompts: list[str], steps: int, reference_pipe)
     rows = []
     for i, prompt in enumerate(prompts):
         seed = 1000 + i
-        reference, t_ref = run(reference_pipe, prompt, seed, steps)  # side by side: just before
+        # side by side, the order alternating from one prompt to the next so that neither run of a
+        # pair always finds the caches warmer
+        if i % 2 == 0:
+            reference, t_ref = run(reference_pipe, prompt, seed, steps)
         counter.calls = 0
         frames, t = run(pipe, prompt, seed, steps)
+        calls = counter.calls
+        if i % 2 == 1:
+            reference, t_ref = run(reference_pipe, prompt, seed, steps)
         metrics = edit_metrics(frames, reference)
-        rows.append(dict(speedup=t_ref / t, computed=counter.calls / (2 * steps), **metrics))
+        rows.append(dict(speedup=t_ref / t, computed=calls / (2 * steps), **metrics))
     counter.close()
     return {key: statistics.median(r[key] for r in rows) for key in rows[0]}
 
@@ -142,24 +154,29 @@ def edit_metrics(frames: np.ndarray, reference: np.ndarray) -> dict[str, float]:
 
 
 def plot(results: list[dict[str, Any]], path: Path) -> None:
+    """PSNR against the speedup (what a user gains; noisy on a shared CPU) and against the computed
+    fraction (what a policy spends; exact), a line per policy."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
-    for policy in dict.fromkeys(r["policy"] for r in results):
-        rows = sorted((r for r in results if r["policy"] == policy), key=lambda r: r["speedup"])
-        ax.plot([r["speedup"] for r in rows], [r["psnr"] for r in rows], marker="o", label=policy,
-                linestyle="--" if policy.startswith("diffusers") else "-")
-        for r in rows:
-            ax.annotate(f"{r['setting']:g}", (r["speedup"], r["psnr"]), fontsize=6, xytext=(3, 3),
-                        textcoords="offset points")
-    ax.set_xlabel("speedup over the uncached run (wall time, decoding included)")
-    ax.set_ylabel("PSNR against the uncached video (dB)")
-    ax.set_title("Cache policies on the trained toy Wan (30 steps, CFG 5, held-out prompts)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), dpi=110, sharey=True)
+    for ax, x, label in ((axes[0], "speedup", "speedup over the uncached run (wall time, decoding included)"),
+                         (axes[1], "computed", "computed fraction (forwards whose last block ran)")):
+        for policy in dict.fromkeys(r["policy"] for r in results):
+            rows = sorted((r for r in results if r["policy"] == policy), key=lambda r: r[x])
+            ax.plot([r[x] for r in rows], [r["psnr"] for r in rows], marker="o", label=policy,
+                    linestyle="--" if policy.startswith("diffusers") else "-")
+            for r in rows:
+                ax.annotate(f"{r['setting']:g}", (r[x], r["psnr"]), fontsize=6, xytext=(3, 3),
+                            textcoords="offset points")
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[1].invert_xaxis()  # less computed to the right, as more speed is on the left panel
+    axes[0].set_ylabel("PSNR against the uncached video (dB)")
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Cache policies on the trained toy Wan (30 steps, CFG 5, held-out prompts and seeds)")
     fig.tight_layout()
     fig.savefig(path)
 
@@ -170,12 +187,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import edit
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prompts", type=int, default=3)
+    parser.add_argument("--prompts", type=int, default=4)
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--out", default=str(ROOT / "bench_quality.json"))
+    parser.add_argument("--out", default=str(ROOT / "assets" / "bench_quality.json"))
     parser.add_argument("--plot", default=str(ROOT / "assets" / "bench_quality.png"))
     parser.add_argument("--folder", default=None, help="a trained toy pipeline folder (default: the shipped one)")
+    parser.add_argument("--replot", action="store_true", help="only draw --plot again from the JSON at --out")
     args = parser.parse_args(argv)
+    if args.replot:
+        out = json.loads(Path(args.out).read_text())
+        plot(out["results"], Path(args.plot))
+        print(f"wrote {args.plot}")
+        return out
     torch.manual_seed(0)
     base = edit.toy_pipeline(folder=args.folder)
     base.set_progress_bar_config(disable=True)

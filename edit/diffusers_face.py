@@ -101,7 +101,8 @@ def run_state(pipe: Any, program: Any, inputs: dict[str, Any], timesteps: torch.
             result.stop = True
         return result
 
+    others = {k: a for k, a in pipe.adapters.items() if k != pipe.adapter.model_id}
     state = RunState(adapter=pipe.adapter, scheduler=pipe.scheduler, timesteps=timesteps, inputs=inputs,
                      expand_timesteps=bool(pipe.config.expand_timesteps), step_begin=step_begin,
-                     step_end=step_end, cache=pipe.cache)
+                     step_end=step_end, cache=pipe.cache, adapters=others)
     return state

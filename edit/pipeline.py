@@ -20,7 +20,7 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.pipelines.wan.pipeline_output import WanPipelineOutput
 
 from edit import diffusers_face as face
-from edit.checks import check_call, check_enable_cache, check_int, check_prefetch, check_variant, variant_for
+from edit.checks import check_call, check_enable_cache, check_finite, check_int, check_prefetch, check_variant, variant_for
 from edit.graph import Graph, Plan, RunSpec, check_granularity
 from edit.passes import Pipeline, check_warm_steps, make_policy, pipeline_policy
 from edit.passes.compiler import CacheSettings, CostModel, ModelInfo, certain_reads, compile_plan, fingerprint
@@ -28,7 +28,7 @@ from edit.runtime import Program, RunState, WanAdapter, compile_program
 from edit.runtime.cache import CacheController
 from edit.runtime.fingerprint import config_digest, weights_version
 from edit.plans import check_plan, measured_costs, own_pipeline, run_policy
-from edit.runtime.offload import forward_hooks
+from edit.runtime.offload import ExpertHooks
 
 
 def _one_at_a_time(method: Callable) -> Callable:
@@ -74,6 +74,7 @@ class EditWanPipeline(WanPipeline):
                          expand_timesteps=expand_timesteps)
         self._call_lock = threading.Lock()  # one call at a time (`_one_at_a_time`)
         self._program_cache: tuple[Any, Program, Any] | None = None
+        self._fold_hooks = None  # the experts' offloading hooks while a compile folds
         self.cache: CacheController | None = None
         self._settings: CacheSettings | None = None
         self._enabled_steps: int | None = None
@@ -100,17 +101,45 @@ class EditWanPipeline(WanPipeline):
             self._adapter = WanAdapter(self.transformer)
         return self._adapter
 
+    @property
+    def adapters(self) -> dict[str, WanAdapter]:
+        """The adapter of each expert a call runs, by model id: `transformer`, and with a
+        `boundary_ratio` (Wan2.2 A14B) `transformer_2`, which then runs the steps whose timestep is
+        below `boundary_ratio * num_train_timesteps` (as `WanPipeline` decides)."""
+        out = {self.adapter.model_id: self.adapter}
+        if self.config.boundary_ratio is not None:
+            if getattr(self, "_adapter_2", None) is None or self._adapter_2.model is not self.transformer_2:
+                self._adapter_2 = WanAdapter(self.transformer_2, model_id="transformer_2")
+            out["transformer_2"] = self._adapter_2
+        return out
+
+    def _experts(self) -> list[torch.nn.Module]:
+        return [a.model for a in self.adapters.values()]
+
+    def step_models(self, timesteps) -> tuple[str, ...]:
+        """The model id of each step (() with one expert): `transformer` from the boundary timestep
+        up, `transformer_2` below it."""
+        if self.config.boundary_ratio is None:
+            return ()
+        boundary = self.config.boundary_ratio * self.scheduler.config.num_train_timesteps
+        return tuple("transformer" if float(t) >= boundary else "transformer_2" for t in timesteps)
+
     def run_spec(self, num_inference_steps: int, guidance_scale: float, timesteps: torch.Tensor | None = None,
-                 latent_shape: tuple[int, ...] | None = None) -> RunSpec:
-        """The `RunSpec` of a call with these settings (timesteps from the scheduler if not given)."""
+                 latent_shape: tuple[int, ...] | None = None, guidance_scale_2: float | None = None) -> RunSpec:
+        """The `RunSpec` of a call with these settings (timesteps from the scheduler if not given).
+        With two experts, each step names its expert and its guidance (`guidance_scale_2`, default
+        `guidance_scale`, on the second expert's steps)."""
         check_int(num_inference_steps, "num_inference_steps")
         if timesteps is None:
             timesteps = self._timesteps(num_inference_steps, "cpu")
         branches = ("cond", "uncond") if guidance_scale > 1.0 else ("cond",)
+        models = self.step_models(timesteps)
+        second = guidance_scale if guidance_scale_2 is None else guidance_scale_2
+        guidance = tuple(guidance_scale if m == "transformer" else second for m in models)
         return RunSpec(num_steps=len(timesteps), timesteps=[float(t) for t in timesteps],
                        num_blocks=self.adapter.num_blocks, branches=branches, guidance_scale=guidance_scale,
                        generation=self.cache.generation if self.cache else 0, model=self.adapter.model_id,
-                       latent_shape=latent_shape)
+                       latent_shape=latent_shape, step_models=models, step_guidance=guidance)
 
     def _timesteps(self, num_inference_steps: int, device) -> torch.Tensor:
         scheduler = copy.deepcopy(self.scheduler)
@@ -128,19 +157,35 @@ class EditWanPipeline(WanPipeline):
 
     def model_info(self, shape: tuple[int, ...], timesteps: torch.Tensor, version: tuple | None = None) -> ModelInfo:
         """The transformer as the compiler sees it at this call's latent `shape` (its static signals
-        computed from the weights and the timestep exactly as the run computes them)."""
-        adapter = self.adapter
-        described = adapter.describe(tuple(shape), version)  # as a call takes it: outside the offloading hooks
+        computed from the weights and the timestep exactly as the run computes them). With two
+        experts, the second's fingerprint fields join the first's under `transformer_2.`, and each
+        step's signals are its own expert's. `version`: the experts' `weights_version`s, in order."""
+        adapters = list(self.adapters.values())
+        if adapters[1:] and any(a.num_blocks != adapters[0].num_blocks for a in adapters[1:]):
+            raise ValueError(f"transformer_2: {adapters[1].num_blocks} blocks, the transformer has "
+                             f"{adapters[0].num_blocks}; EditWanPipeline needs experts of one depth")
+        fingerprint: dict[str, Any] = {}
+        dtypes = {}
+        for i, adapter in enumerate(adapters):
+            described = adapter.describe(tuple(shape), None if version is None else version[i])
+            prefix = "" if i == 0 else f"{adapter.model_id}."
+            fingerprint.update({prefix + k: v for k, v in described["fingerprint"].items()})
+            if i == 0:
+                residual_shape = described["residual_shape"]
+            dtypes[adapter.model_id] = adapter.dtype  # diffusers walks the parameters for it: once, not per step
         probe = torch.empty(shape, device=timesteps.device)
-        state = RunState(adapter=adapter, scheduler=None, timesteps=timesteps, inputs={},
+        state = RunState(adapter=self.adapter, scheduler=None, timesteps=timesteps, inputs={},
                          expand_timesteps=bool(self.config.expand_timesteps))
-        dtype = adapter.dtype  # diffusers walks the parameters for it: once, not per step
+        models = self.step_models(timesteps)
+        by_id = self.adapters
 
         def signals(step: int) -> dict[str, Any]:
+            adapter = by_id[models[step]] if models else self.adapter
+            if self._fold_hooks is not None:  # inside `_compile`: this expert's offloading hooks
+                self._fold_hooks.enter(adapter.model_id)
             with torch.no_grad():
-                return adapter.time_signals(state.timestep(step, probe), dtype)
-        return ModelInfo(adapter.model_id, adapter.num_blocks, described["fingerprint"], described["residual_shape"],
-                         signals)
+                return adapter.time_signals(state.timestep(step, probe), dtypes[adapter.model_id])
+        return ModelInfo(self.adapter.model_id, self.adapter.num_blocks, fingerprint, residual_shape, signals)
 
     def _call_fingerprint(self, shape: tuple[int, ...]) -> dict[str, Any]:
         return {"scheduler": f"{type(self.scheduler).__name__}:{config_digest(self.scheduler)}",
@@ -169,8 +214,14 @@ class EditWanPipeline(WanPipeline):
         spec, info, settings, costs, extra = inputs
         folds = settings is not None and settings.fold and getattr(settings.policy, "static_signal", False)
         # folding evaluates the time embedding: the transformer's offloading hooks run around it
-        with forward_hooks(self.transformer) if folds else contextlib.nullcontext():
+        # folding evaluates the time embedding: each expert's offloading hooks run around its steps
+        self._fold_hooks = ExpertHooks({k: a.model for k, a in self.adapters.items()}) if folds else None
+        try:
             plan, self.pass_records = compile_plan(spec, info, settings, costs, extra=extra)
+        finally:
+            hooks, self._fold_hooks = self._fold_hooks, None
+            if hooks is not None:
+                hooks.close()
         return plan
 
     @property
@@ -189,14 +240,14 @@ class EditWanPipeline(WanPipeline):
     @_one_at_a_time
     def compile(self, num_inference_steps: int = 50, guidance_scale: float = 5.0, *, prompt: str | None = None,
                 negative_prompt: str | None = None, height: int = 480, width: int = 832, num_frames: int = 81,
-                batch_size: int = 1, num_videos_per_prompt: int = 1) -> Plan:
+                batch_size: int = 1, num_videos_per_prompt: int = 1, guidance_scale_2: float | None = None) -> Plan:
         """The plan a call with these settings runs, for inspection, editing and replay. No built-in
         pass reads the prompt, so the plan is the same for every prompt."""
         num_frames, height, width = face.fit_video_size(self, num_frames, height, width)
         if prompt is not None:
             batch_size = 1 if isinstance(prompt, str) else len(prompt)
         shape = face.latent_shape(self, batch_size * num_videos_per_prompt, num_frames, height, width)
-        spec = self.run_spec(num_inference_steps, guidance_scale, latent_shape=shape)
+        spec = self.run_spec(num_inference_steps, guidance_scale, latent_shape=shape, guidance_scale_2=guidance_scale_2)
         return self._compile(self.plan_inputs(spec, shape, self._timesteps(num_inference_steps,
                                                                            self._execution_device)))
 
@@ -292,7 +343,7 @@ class EditWanPipeline(WanPipeline):
                  prefetch: bool = True) -> tuple[Program, Any]:
         """The program of this call and the policy that decides its run-time cells."""
         inputs = self.plan_inputs(spec, tuple(shape), timesteps, prefetch=prefetch,
-                                  version=weights_version(self.transformer))
+                                  version=tuple(weights_version(m) for m in self._experts()))
         if plan is not None:
             check_plan(plan, spec, fingerprint(*inputs[:2], inputs[4], inputs[2].window if inputs[2] else ()))
             return compile_program(plan), run_policy(plan, self.cache)
@@ -346,6 +397,8 @@ class EditWanPipeline(WanPipeline):
         timesteps = self._timesteps(check_int(num_inference_steps, "num_inference_steps"), device)
         num_frames, height, width = face.fit_video_size(self, num_frames, height, width)
 
+        if guidance_scale_2 is not None:
+            check_finite(guidance_scale_2, "guidance_scale_2", " (the second expert's guidance)")
         self._guidance_scale = guidance_scale
         self._guidance_scale_2 = guidance_scale_2
         self._attention_kwargs = attention_kwargs
@@ -359,7 +412,7 @@ class EditWanPipeline(WanPipeline):
         shape = tuple(latents.shape) if latents is not None else face.latent_shape(
             self, batch_size * (num_videos_per_prompt or 1), num_frames, height, width)
         program, policy = self._call_program(num_inference_steps, guidance_scale, timesteps, shape, plan,
-                                             prefetch_reuse)
+                                             prefetch_reuse, guidance_scale_2)
 
         prompt_embeds, negative_prompt_embeds = self.encode_prompt(
             prompt=prompt, negative_prompt=negative_prompt,
@@ -394,7 +447,8 @@ class EditWanPipeline(WanPipeline):
         return WanPipelineOutput(frames=video)
 
     def _call_program(self, num_inference_steps: int, guidance_scale: float, timesteps: torch.Tensor,
-                      shape: tuple, plan: Graph | None, prefetch: bool) -> tuple[Program, Any]:
+                      shape: tuple, plan: Graph | None, prefetch: bool,
+                      guidance_scale_2: float | None = None) -> tuple[Program, Any]:
         """The call's program and the policy deciding its run-time cells; entry prefetches issued."""
         cache = self.cache
         if cache is not None and self._enabled_steps not in (None, num_inference_steps):
@@ -402,7 +456,8 @@ class EditWanPipeline(WanPipeline):
                              f"this call asks for {num_inference_steps}")
         if cache is not None and getattr(cache.policy, "warm_steps", None) is not None:
             check_warm_steps(cache.policy.warm_steps, num_inference_steps)
-        spec = self.run_spec(num_inference_steps, guidance_scale, timesteps, latent_shape=shape)
+        spec = self.run_spec(num_inference_steps, guidance_scale, timesteps, latent_shape=shape,
+                             guidance_scale_2=guidance_scale_2)
         program, policy = self._program(spec, plan, timesteps, shape, prefetch=prefetch)
         if program.has_cells and cache is None:
             raise ValueError("plan: it has cache cells; enable a cache (pipe.enable_cache) to run it")
@@ -416,11 +471,22 @@ class EditWanPipeline(WanPipeline):
         """Run the program: inside the transformer's offloading hooks (the run stands in for its
         forwards) and its LoRA scale, with the cache's run begun and ended around it."""
         cache = self.cache
-        with forward_hooks(self.transformer):
+        with contextlib.ExitStack() as scope:
+            hooks = scope.enter_context(ExpertHooks({k: a.model for k, a in self.adapters.items()}))
+            models = program.graph.spec.step_models if program.graph.spec is not None else ()
+            hooks.enter(models[0] if models else self.adapter.model_id)
+            begin = state.step_begin
+
+            def step_begin(step: int) -> None:  # the offloading hooks of the expert this step runs
+                hooks.enter(models[step] if models else self.adapter.model_id)
+                if begin is not None:
+                    begin(step)
+            state.step_begin = step_begin
             if cache is not None:
                 cache.begin_run(len(state.timesteps), program.num_units, reset=reset_cache, policy=policy)
-            with face.lora_scale(self.transformer, attention_kwargs):
-                latents = program.run(state)
+            for expert in self._experts():
+                scope.enter_context(face.lora_scale(expert, attention_kwargs))
+            latents = program.run(state)
         self._current_timestep = None
         if cache is not None:
             cache.end_run()

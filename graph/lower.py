@@ -35,7 +35,7 @@ def lower(spec: RunSpec) -> Graph:
             g.add_edge(embed, head, port="ctx")
             heads[branch] = head
         if spec.cfg:
-            noise = g.add_node(Guide(step, spec.guidance_scale))
+            noise = g.add_node(Guide(step, spec.guidance_at(step)))
             g.add_edge(heads["cond"], noise, port="cond")
             g.add_edge(heads["uncond"], noise, port="uncond")
         else:

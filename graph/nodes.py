@@ -362,8 +362,8 @@ class Guide(Node):
 
     def check(self, graph: Graph) -> str | None:
         spec = graph.spec
-        if spec is not None and self.scale != spec.guidance_scale:
-            return f"scale {self.scale!r} differs from the spec's guidance_scale {spec.guidance_scale!r}"
+        if spec is not None and self.scale != spec.guidance_at(self.step):
+            return f"scale {self.scale!r} differs from the spec's guidance of step {self.step}, {spec.guidance_at(self.step)!r}"
         return None
 
 

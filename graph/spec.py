@@ -57,7 +57,9 @@ class RunSpec:
 
     `branches` is ("cond", "uncond") with classifier-free guidance and ("cond",) without.
     `step_models` (one id per step) names the model of each step when a run uses several (the
-    caller fills it from its adapters); empty, every step runs `model`.
+    caller fills it from its adapters); empty, every step runs `model`. `step_guidance` (one scale
+    per step) likewise, when the guidance differs by step; empty, every step guides with
+    `guidance_scale`.
     """
 
     num_steps: int = attrs.field(validator=_check_steps)
@@ -71,6 +73,7 @@ class RunSpec:
     latent_shape: tuple[int, ...] | None = attrs.field(default=None, converter=lambda s: None if s is None
                                                        else tuple(int(d) for d in s))
     step_models: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    step_guidance: tuple[float, ...] = attrs.field(default=(), converter=lambda gs: tuple(float(g) for g in gs))
 
     def __attrs_post_init__(self) -> None:
         if len(self.timesteps) != self.num_steps:
@@ -79,6 +82,9 @@ class RunSpec:
                                  or not all(isinstance(m, str) and m for m in self.step_models)):
             raise ValueError(f"step_models: expected () or one model id per step ({self.num_steps}), "
                              f"got {self.step_models!r}")
+        if self.step_guidance and len(self.step_guidance) != self.num_steps:
+            raise ValueError(f"step_guidance: expected () or one guidance scale per step ({self.num_steps}), "
+                             f"got {len(self.step_guidance)} values")
         check_granularity(self.granularity, self.num_blocks)
 
     def call_fields(self) -> RunSpec:
@@ -88,6 +94,11 @@ class RunSpec:
     def model_at(self, step: int) -> str:
         """The id of the model that runs `step` (`step_models`, e.g. Wan2.2's two experts; else `model`)."""
         return self.step_models[step] if self.step_models else self.model
+
+    def guidance_at(self, step: int) -> float:
+        """The guidance scale of `step` (`step_guidance`: Wan2.2's `guidance_scale_2` on the second
+        expert's steps; else `guidance_scale`)."""
+        return self.step_guidance[step] if self.step_guidance else self.guidance_scale
 
     @property
     def models(self) -> tuple[str, ...]:

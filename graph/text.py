@@ -81,8 +81,12 @@ def summary(graph: Graph, trace: dict[tuple[int, str, int], str] | None = None) 
                 if any(k[1] == b for k in cells)]
     units = sorted({k[2] for k in cells})
     width = max(len(units), max((len(b) for b in branches), default=4))
-    lines = ["step  " + "  ".join(b.ljust(width) for b in branches)]
+    # a run of several experts (Wan2.2) says which one runs each step, in a last column
+    models = graph.spec.step_models if graph.spec is not None else ()
+    lines = ["step  " + "  ".join(b.ljust(width) for b in branches) + ("  model" if models else "")]
     for step in steps:
         row = ["".join(cells.get((step, b, u), ".") for u in units).ljust(width) for b in branches]
+        if models:
+            row.append(models[step])
         lines.append((f"{step:>4}  " + "  ".join(row)).rstrip())
     return "\n".join(lines)

@@ -61,3 +61,35 @@ def execution_device(module: torch.nn.Module) -> torch.device:
     if device is None:
         return next(module.parameters()).device
     return torch.device(device) if not isinstance(device, int) else torch.device("cuda", device)
+
+
+class ExpertHooks:
+    """The offloading hooks of one expert at a time, for a run whose steps switch experts (Wan2.2):
+    `enter(model_id)` leaves the hooks of the expert in use and enters the new one's, as
+    `WanPipeline`'s forwards would (the model-offload chain onloads one expert and parks the other);
+    entering both for the whole run would park the first while it still runs. `close()` leaves the
+    last. A context manager."""
+
+    def __init__(self, experts: dict[str, torch.nn.Module]):
+        self.experts = experts
+        self.current: str | None = None
+        self._stack: contextlib.ExitStack | None = None
+
+    def enter(self, model_id: str) -> None:
+        if model_id == self.current:
+            return
+        self.close()
+        self._stack = contextlib.ExitStack()
+        self._stack.enter_context(forward_hooks(self.experts[model_id]))
+        self.current = model_id
+
+    def close(self) -> None:
+        stack, self._stack, self.current = self._stack, None, None
+        if stack is not None:
+            stack.close()
+
+    def __enter__(self) -> ExpertHooks:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

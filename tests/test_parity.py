@@ -100,13 +100,6 @@ def test_given_latents_and_prompt_embeds_equal_diffusers():
     assert torch.equal(out, ref)
 
 
-def test_two_stage_pipeline_is_rejected_clearly():
-    comps = components()
-    pipe = EditWanPipeline(**comps, transformer_2=comps["transformer"], boundary_ratio=0.9)
-    with pytest.raises(ValueError, match="transformer_2"):
-        generate(pipe)
-
-
 @pytest.mark.parametrize("steps", [0, -2, 2.5])
 def test_bad_step_count_is_rejected(steps):
     with pytest.raises(ValueError if isinstance(steps, int) else TypeError, match="num_inference_steps"):

@@ -256,7 +256,8 @@ class EditWanPipeline(WanPipeline):
                      granularity: str | int = "stack", store: Any = None, fold: bool = True,
                      prefetch: int | str | dict | None = "auto", passes: Sequence[Any] = (),
                      pipeline: Pipeline | str | None = None, costs: CostModel | None = None,
-                     keep_generations: int | None = None, **policy_kwargs: Any) -> CacheController:
+                     keep_generations: int | None = None, per_model: dict[str, dict] | None = None,
+                     **policy_kwargs: Any) -> CacheController:
         """Turn on step caching with `policy` (a registered name, a CachePolicy subclass or instance;
         default: the policy `pipeline` names, else "teacache").
 
@@ -274,8 +275,10 @@ class EditWanPipeline(WanPipeline):
         must be the one enabled. `store`: where residuals live (default: a GPUStore on the
         execution device; one store may serve several pipelines: each cache has its own keys).
         `keep_generations`: after each run, residuals of generations older than the reuse window
-        in use are dropped; an int k keeps the k most recent generations instead. Returns
-        `pipe.cache`.
+        in use are dropped; an int k keeps the k most recent generations instead. `per_model`
+        (`{model id: {argument: value}}`, e.g. `{"transformer_2": {"rel_l1_thresh": 0.15}}`): the
+        policy's arguments for one expert of a Wan2.2 pipeline, over the ones given for all (a
+        `per_model` policy: each expert decided by its own). Returns `pipe.cache`.
         """
         check_enable_cache(store=store, fold=fold)
         if policy is None:
@@ -292,7 +295,19 @@ class EditWanPipeline(WanPipeline):
             variant = variant_for(self.transformer) if cls is not None and issubclass(cls, TeaCache) else None
             if variant is not None:  # coefficients fitted on this architecture beat the default's
                 policy_kwargs = {**policy_kwargs, "wan_variant": variant}
-        policy = make_policy(policy, **policy_kwargs)
+        if per_model is not None:
+            if not isinstance(policy, str):
+                raise TypeError(f"per_model: needs the policy by its registered name (e.g. 'teacache'), "
+                                f"got {type(policy).__name__}")
+            if not isinstance(per_model, dict):
+                raise TypeError(f"per_model: expected {{model id: {{argument: value}}}}, got {type(per_model).__name__}")
+            unknown = sorted(set(per_model) - set(self.adapters))
+            if unknown:
+                raise ValueError(f"per_model: no model {unknown[0]!r} in this pipeline (its models: "
+                                 f"{', '.join(self.adapters)})")
+            policy = make_policy("per_model", base=policy, args=policy_kwargs, models=per_model)
+        else:
+            policy = make_policy(policy, **policy_kwargs)
         costs = check_prefetch(prefetch, costs)
         if num_inference_steps is not None:
             check_int(num_inference_steps, "num_inference_steps", what=" or None")

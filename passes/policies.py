@@ -178,3 +178,52 @@ def _check_coefficients(coefficients) -> tuple[float, ...]:
     if not all(math.isfinite(c) for c in values):
         raise ValueError(f"coefficients: expected finite numbers, got {values!r}")
     return tuple(float(c) for c in values)
+
+
+@register_policy("per_model")
+class PerModel(CachePolicy):
+    """One policy per model of a run (Wan2.2's two experts): the registered `base` policy built with
+    `args` for every model, and for each model id in `models` with `args` updated by its own
+    (`per_model(base='teacache', args={'rel_l1_thresh': 0.1}, models={'transformer_2':
+    {'rel_l1_thresh': 0.15}})`). Each cell is decided by its model's policy, with its model's state;
+    every argument is a literal, so a plan records and restores it. `enable_cache(policy,
+    per_model={...})` builds it."""
+
+    def __init__(self, base: str, args: dict | None = None, models: dict | None = None):
+        from edit.passes.policy import make_policy
+
+        if not isinstance(base, str) or base == "per_model":
+            raise ValueError(f"base: expected the registered name of another policy, got {base!r}")
+        args = {} if args is None else args
+        models = {} if models is None else models
+        if not isinstance(args, dict) or not all(isinstance(k, str) for k in args):
+            raise TypeError(f"args: expected a dict of the policy's arguments by name, got {args!r}")
+        if not isinstance(models, dict) or not all(isinstance(k, str) and k and isinstance(v, dict)
+                                                   for k, v in models.items()):
+            raise TypeError(f"per_model: expected {{model id: {{argument: value}}}}, got {models!r}")
+        self.base, self.args, self.models = base, dict(args), {k: dict(v) for k, v in models.items()}
+        self.default = make_policy(base, **self.args)
+        self.by_model = {m: make_policy(base, **{**self.args, **kw}) for m, kw in self.models.items()}
+        # what the passes read of a policy: one value for every model
+        self.static_signal = self.default.static_signal
+        self.needs_first_block_probe = self.default.needs_first_block_probe
+        if hasattr(self.default, "warm_steps"):
+            if any(getattr(p, "warm_steps", None) != self.default.warm_steps for p in self.by_model.values()):
+                raise ValueError("per_model: warm_steps must be the same for every model")
+            self.warm_steps = self.default.warm_steps
+
+    def policy_for(self, model: str) -> CachePolicy:
+        return self.by_model.get(model, self.default)
+
+    def reset(self, state: PolicyState) -> None:
+        self.policy_for(state.model).reset(state)
+
+    def should_compute(self, ctx: CacheContext) -> bool:
+        return self.policy_for(ctx.model).should_compute(ctx)
+
+    def params(self) -> dict[str, Any]:
+        # the sub-policies' resolved arguments (TeaCache's coefficients as used), so a plan keeps them
+        default = self.default.params()
+        models = {m: {k: v for k, v in p.params().items() if default.get(k) != v or k in self.models[m]}
+                  for m, p in self.by_model.items()}
+        return {"base": self.base, "args": default, "models": models}

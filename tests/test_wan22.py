@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from conftest import components, generate
@@ -205,3 +206,114 @@ def test_each_experts_offloading_hooks_wrap_its_own_steps_only(fold):
     assert onloaded is None
     blocks = [key for kind, key in events if kind == "block"]
     assert blocks[0] == "transformer" and blocks[-1] == "transformer_2"
+
+
+@torch.no_grad()  # autograd-enabled kernels differ in the last bits
+def two_expert_teacache_reference(comps, thresholds, steps, guidance=5.0, seed=7):
+    """TeaCache as published (no ret-steps: the time embedding's relative L1, accumulated, compute at
+    the threshold; the first and last steps forced), written out for two experts: each expert keeps
+    its own previous signal, accumulator and residual, with its own threshold, so its first step
+    computes. The identity polynomial. Returns the latents and the trace by (expert, branch, 0)."""
+    from test_cache import _embed, _head
+
+    pipe = WanPipeline(**comps)
+    pos, neg = pipe.encode_prompt("a red fox running through snow", None, True, max_sequence_length=512, device="cpu")
+    sched = copy.deepcopy(comps["scheduler"])
+    sched.set_timesteps(steps, device="cpu")
+    sched.set_begin_index(0)
+    latents = pipe.prepare_latents(1, 16, 32, 48, 9, torch.float32, "cpu", torch.Generator("cpu").manual_seed(seed))
+    boundary = comps["boundary_ratio"] * sched.config.num_train_timesteps
+    states, trace = {}, {}
+    for i, t in enumerate(sched.timesteps):
+        expert = "transformer" if t >= boundary else "transformer_2"
+        m = comps[expert]
+        preds = {}
+        for branch, text in (("cond", pos), ("uncond", neg)):
+            st = states.setdefault((expert, branch), {})
+            h, temb, e0, enc, rotary = _embed(m, latents, t.expand(1), text)
+            if i in (0, steps - 1) or "prev" not in st:
+                compute, st["acc"] = True, 0.0
+            else:
+                prev = st["prev"].float()
+                st["acc"] += ((temb.float() - prev).abs().mean() / prev.abs().mean()).item()
+                compute = st["acc"] >= thresholds[expert]
+                if compute:
+                    st["acc"] = 0.0
+            st["prev"] = temb
+            if compute:
+                out = h
+                for block in m.blocks:
+                    out = block(out, enc, e0, rotary)
+                st["residual"] = out - h
+            else:
+                out = h + st["residual"]
+            preds[branch] = _head(m, out, temb, latents.shape)
+            trace[(expert, branch, 0)] = trace.get((expert, branch, 0), "") + ("C" if compute else "S")
+        noise = preds["uncond"] + guidance * (preds["cond"] - preds["uncond"])
+        latents = sched.step(noise, t, latents, return_dict=False)[0]
+    return latents, trace
+
+
+THRESHOLDS = {"transformer": 1.5, "transformer_2": 0.8}  # traces CSSC and CSCSCC; 1.5 for both: CSSC, CSSCSC
+
+
+@pytest.mark.parametrize("fold", [True, False], ids=["folded", "run-time"])
+def test_per_expert_teacache_thresholds_match_the_reference(fold):
+    comps = two_experts(0.875)
+    ref_latents, ref_trace = two_expert_teacache_reference(comps, THRESHOLDS, 10)
+    # the thresholds matter: one threshold for both experts would decide otherwise
+    _, same = two_expert_teacache_reference(comps, {k: THRESHOLDS["transformer"] for k in THRESHOLDS}, 10)
+    assert same != ref_trace and all("S" in t for t in ref_trace.values())
+    pipe = EditWanPipeline(**comps)
+    pipe.enable_cache("teacache", rel_l1_thresh=THRESHOLDS["transformer"], coefficients=[1.0, 0.0],
+                      use_ret_steps=False, fold=fold, per_model={"transformer_2": {"rel_l1_thresh": THRESHOLDS["transformer_2"]}})
+    out = generate(pipe, num_inference_steps=10)
+    assert pipe.cache.stats.trace == ref_trace
+    assert torch.equal(out, ref_latents)
+
+
+def test_per_model_arguments_print_and_parse_back():
+    from edit.passes import Pipeline
+
+    pipe = EditWanPipeline(**two_experts(0.875))
+    pipe.enable_cache("fbcache", rel_l1_thresh=0.1, per_model={"transformer_2": {"rel_l1_thresh": 0.2}})
+    text = pipe.cache_pipeline
+    assert "per_model(base='fbcache'" in text and "'transformer_2': {'rel_l1_thresh': 0.2}" in text
+    policy = next(p.policy for p in Pipeline.parse(text).passes if hasattr(p, "policy"))
+    assert policy == pipe.cache.policy
+    assert policy.policy_for("transformer_2").rel_l1_thresh == 0.2
+    assert policy.policy_for("transformer").rel_l1_thresh == 0.1
+
+
+@pytest.mark.parametrize("per_model, error, match", [
+    ({"transformer_3": {"rel_l1_thresh": 0.2}}, ValueError, "per_model: no model 'transformer_3'"),
+    ({"transformer_2": 0.2}, TypeError, "per_model: expected"),
+    ({"transformer_2": {"threshold": 0.2}}, TypeError, "no argument 'threshold'"),
+])
+def test_bad_per_model_arguments_are_refused(per_model, error, match):
+    pipe = EditWanPipeline(**two_experts(0.875))
+    with pytest.raises(error, match=match):
+        pipe.enable_cache("fbcache", rel_l1_thresh=0.1, per_model=per_model)
+    assert pipe.cache is None
+
+
+def test_calibrate_teacache_fits_one_polynomial_per_expert():
+    from edit.cache import calibrate_teacache
+
+    pipe = EditWanPipeline(**two_experts(0.875))
+    pipe.set_progress_bar_config(disable=True)
+    steps = 8
+    models = pipe.compile(steps, 5.0, height=32, width=48, num_frames=9).spec.step_models
+    cal = calibrate_teacache(pipe, ["a red fox", "a blue whale"], num_inference_steps=steps, degree=1,
+                             height=32, width=48, num_frames=9)
+    assert set(cal.models) == {"transformer", "transformer_2"} and cal.model == "transformer"
+    for model, fit in cal.models.items():
+        # a sample is a change between two steps of one expert, per branch and prompt: none across the switch
+        assert len(fit.signal_changes) == (models.count(model) - 1) * 2 * 2
+        assert fit.coefficients == tuple(float(c) for c in np.polyfit(fit.signal_changes, fit.residual_changes, 1))
+    assert cal.models["transformer"].coefficients != cal.models["transformer_2"].coefficients
+    kwargs = cal.policy_kwargs()
+    assert kwargs["per_model"] == {"transformer_2": {"coefficients": cal.models["transformer_2"].coefficients}}
+    pipe.enable_cache("teacache", rel_l1_thresh=0.2, **kwargs)
+    generate(pipe, num_inference_steps=steps)
+    assert pipe.cache.policy.policy_for("transformer_2").coefficients == cal.models["transformer_2"].coefficients

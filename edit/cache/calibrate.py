@@ -22,12 +22,15 @@ from edit.passes.policy import CacheContext, CachePolicy, relative_l1
 @attrs.frozen
 class TeaCacheCalibration:
     """The fitted polynomial (highest degree first, as `teacache(coefficients=...)` takes it) and the
-    samples it was fitted on."""
+    samples it was fitted on, of `model`. A pipeline of two experts (Wan2.2) gets one fit per
+    expert in `models` (by model id; the first expert's is also this record's own)."""
 
     coefficients: tuple[float, ...]
     use_ret_steps: bool
     signal_changes: tuple[float, ...]
     residual_changes: tuple[float, ...]
+    model: str = "transformer"
+    models: dict = attrs.field(factory=dict, eq=False, repr=False)
 
     @property
     def mean_abs_error(self) -> float:
@@ -36,8 +39,13 @@ class TeaCacheCalibration:
         return float(np.mean(np.abs(np.poly1d(self.coefficients)(x) - y)))
 
     def policy_kwargs(self) -> dict[str, Any]:
-        """What to pass to `enable_cache("teacache", rel_l1_thresh=..., **kwargs)`."""
-        return {"coefficients": self.coefficients, "use_ret_steps": self.use_ret_steps}
+        """What to pass to `enable_cache("teacache", rel_l1_thresh=..., **kwargs)`: with two experts,
+        each one's own coefficients (`per_model` for the second)."""
+        out: dict[str, Any] = {"coefficients": self.coefficients, "use_ret_steps": self.use_ret_steps}
+        others = {m: {"coefficients": fit.coefficients} for m, fit in self.models.items() if m != self.model}
+        if others:
+            out["per_model"] = others
+        return out
 
 
 class _Record(CachePolicy):
@@ -71,9 +79,9 @@ def calibrate_teacache(pipe, prompts: str | list[str], *, num_inference_steps: i
         if reserved in call_kwargs:
             raise ValueError(f"{reserved}: set by calibrate_teacache; not allowed in call_kwargs")
 
-    xs: list[float] = []
-    ys: list[float] = []
-    previous: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    # samples by model: a change is measured between two steps of one expert, never across a switch
+    samples: dict[str, tuple[list[float], list[float]]] = {}
+    previous: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
     inputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # branch -> (signal, stack input)
 
     def before_unit(event) -> None:
@@ -82,11 +90,13 @@ def calibrate_teacache(pipe, prompts: str | list[str], *, num_inference_steps: i
     def after_unit(event) -> None:
         signal, hidden = inputs.pop(event.branch)
         residual = event.output - hidden
-        if event.branch in previous:
-            prev_signal, prev_residual = previous[event.branch]
+        key = (event.ctx.model, event.branch)
+        if key in previous:
+            prev_signal, prev_residual = previous[key]
+            xs, ys = samples.setdefault(event.ctx.model, ([], []))
             xs.append(relative_l1(signal, prev_signal))
             ys.append(relative_l1(residual, prev_residual))
-        previous[event.branch] = (signal, residual)
+        previous[key] = (signal, residual)
 
     with pipe.cache_enabled(_Record(), fold=False, num_inference_steps=num_inference_steps) as cache:
         cache.add_hook("before_unit", before_unit)
@@ -95,8 +105,14 @@ def calibrate_teacache(pipe, prompts: str | list[str], *, num_inference_steps: i
             previous.clear()
             pipe(prompt, num_inference_steps=num_inference_steps, output_type="latent",
                  generator=torch.Generator("cpu").manual_seed(seed + i), **call_kwargs)
-    if len(xs) < degree + 1:
-        raise ValueError(f"degree: {degree} needs at least {degree + 1} samples, the runs gave {len(xs)}; "
-                         "use more steps or prompts")
-    coefficients = tuple(float(c) for c in np.polyfit(np.asarray(xs), np.asarray(ys), degree))
-    return TeaCacheCalibration(coefficients, use_ret_steps, tuple(xs), tuple(ys))
+    fits = {}
+    for model in pipe.adapters:
+        xs, ys = samples.get(model, ([], []))
+        if len(xs) < degree + 1:
+            what = f" of {model}" if len(pipe.adapters) > 1 else ""
+            raise ValueError(f"degree: {degree} needs at least {degree + 1} samples{what}, the runs gave {len(xs)}; "
+                             "use more steps or prompts")
+        coefficients = tuple(float(c) for c in np.polyfit(np.asarray(xs), np.asarray(ys), degree))
+        fits[model] = TeaCacheCalibration(coefficients, use_ret_steps, tuple(xs), tuple(ys), model)
+    first = fits[pipe.adapter.model_id]
+    return attrs.evolve(first, models=fits) if len(fits) > 1 else first

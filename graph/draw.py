@@ -136,7 +136,7 @@ def _attributes(key: tuple, members: list[Node], look: _Look, spec: Any, level: 
     if kind == "branch":
         return _strip(key[1], key[2], members, look)
     step = key[1]
-    timestep = f"\\nt={spec.timesteps[step]:g}" if spec is not None and step < len(spec.timesteps) else ""
+    timestep = _step_note(spec, step, "\\n")
     return dict(label=f"step {step}{timestep}", shape="ellipse", margin="0.04,0.02")
 
 
@@ -230,9 +230,18 @@ def _branch_order(graph: Graph, clusters: dict[tuple, list[tuple]]) -> list[str]
     return [b for b in known if b in present] + sorted(present - set(known))
 
 
+def _step_note(spec: Any, step: int, sep: str) -> str:
+    """What a step's label adds to its number: its timestep, and in a run of several experts
+    (Wan2.2) the one that runs it."""
+    if spec is None or step >= len(spec.timesteps):
+        return ""
+    note = f"{sep}t={spec.timesteps[step]:g}"
+    return note + (f" · {spec.step_models[step]}" if spec.step_models else "")
+
+
 def _step_cluster(dot: graphviz.Digraph, step: int, branches: list[str], clusters: dict, members: dict,
                   look: _Look, spec: Any, level: str) -> None:
-    timestep = f" · t={spec.timesteps[step]:g}" if spec is not None and step < len(spec.timesteps) else ""
+    timestep = _step_note(spec, step, " · ")
     with dot.subgraph(name=f"cluster_s{step}") as step_graph:
         step_graph.attr(label=f"step {step}{timestep}", style="rounded", color="#adb5bd", fontsize="12")
         for branch in branches:
@@ -252,7 +261,7 @@ def _branch_clusters(dot: graphviz.Digraph, step: int, branches: list[str], clus
     """Level nodes: a cluster per (step, branch) and no step cluster around them, so the long edges
     (latents from update to update, text into every step, reuse) pass between and beside the
     branches instead of around a box the width of the drawing."""
-    timestep = f" · t={spec.timesteps[step]:g}" if spec is not None and step < len(spec.timesteps) else ""
+    timestep = _step_note(spec, step, " · ")
     for branch in branches:
         keys = clusters.get((step, branch))
         if keys:

@@ -317,3 +317,24 @@ def test_calibrate_teacache_fits_one_polynomial_per_expert():
     pipe.enable_cache("teacache", rel_l1_thresh=0.2, **kwargs)
     generate(pipe, num_inference_steps=steps)
     assert pipe.cache.policy.policy_for("transformer_2").coefficients == cal.models["transformer_2"].coefficients
+
+
+@pytest.mark.parametrize("level", ["steps", "units", "nodes"])
+def test_drawings_name_the_expert_of_each_step(tmp_path, level):
+    pipe = EditWanPipeline(**two_experts(0.875))
+    pipe.enable_cache("fbcache", rel_l1_thresh=0.1)
+    plan = pipe.compile(4, 5.0, height=32, width=48, num_frames=9)
+    text = plan.render(tmp_path / "plan.dot", level=level).read_text()
+    models = plan.spec.step_models
+    assert "transformer" in models and "transformer_2" in models
+    for step, model in enumerate(models):
+        assert f"step {step}" in text and f"t={plan.spec.timesteps[step]:g} · {model}" in text
+
+
+def test_from_pretrained_loads_a_folder_holding_both_experts(tmp_path):
+    comps = two_experts(0.875)
+    WanPipeline(**comps).save_pretrained(tmp_path / "wan22")
+    loaded = EditWanPipeline.from_pretrained(tmp_path / "wan22")
+    assert loaded.transformer_2 is not None and loaded.config.boundary_ratio == 0.875
+    ref = generate(WanPipeline(**comps), num_inference_steps=4)
+    assert torch.equal(generate(loaded, num_inference_steps=4), ref)

@@ -86,7 +86,8 @@ def teacache_forward(thresh, coefficients, use_ret_steps):
     def forward(st, m, i, n, x, t, text):
         h, temb, e0, enc, rotary = _embed(m, x, t, text)
         signal = e0 if use_ret_steps else temb
-        forced = i < 5 if use_ret_steps else i in (0, n - 1)
+        # a state with no previous signal (a second expert's first step) computes, as the first step does
+        forced = (i < 5 if use_ret_steps else i in (0, n - 1)) or "prev" not in st
         if forced:
             st["acc"], compute = 0.0, True
         else:

@@ -211,10 +211,11 @@ def test_each_experts_offloading_hooks_wrap_its_own_steps_only(fold):
 @torch.no_grad()  # autograd-enabled kernels differ in the last bits
 def two_expert_teacache_reference(comps, thresholds, steps, guidance=5.0, seed=7):
     """TeaCache as published (no ret-steps: the time embedding's relative L1, accumulated, compute at
-    the threshold; the first and last steps forced), written out for two experts: each expert keeps
-    its own previous signal, accumulator and residual, with its own threshold, so its first step
-    computes. The identity polynomial. Returns the latents and the trace by (expert, branch, 0)."""
-    from test_cache import _embed, _head
+    the threshold; the first and last steps forced; `test_cache.teacache_forward`), for two experts:
+    each expert keeps its own previous signal, accumulator and residual, with its own threshold, so
+    its first step computes. The identity polynomial. Returns the latents and the trace by (expert,
+    branch, 0)."""
+    from test_cache import teacache_forward
 
     pipe = WanPipeline(**comps)
     pos, neg = pipe.encode_prompt("a red fox running through snow", None, True, max_sequence_length=512, device="cpu")
@@ -223,31 +224,14 @@ def two_expert_teacache_reference(comps, thresholds, steps, guidance=5.0, seed=7
     sched.set_begin_index(0)
     latents = pipe.prepare_latents(1, 16, 32, 48, 9, torch.float32, "cpu", torch.Generator("cpu").manual_seed(seed))
     boundary = comps["boundary_ratio"] * sched.config.num_train_timesteps
+    forwards = {expert: teacache_forward(thresh, [1.0, 0.0], False) for expert, thresh in thresholds.items()}
     states, trace = {}, {}
     for i, t in enumerate(sched.timesteps):
         expert = "transformer" if t >= boundary else "transformer_2"
-        m = comps[expert]
         preds = {}
         for branch, text in (("cond", pos), ("uncond", neg)):
-            st = states.setdefault((expert, branch), {})
-            h, temb, e0, enc, rotary = _embed(m, latents, t.expand(1), text)
-            if i in (0, steps - 1) or "prev" not in st:
-                compute, st["acc"] = True, 0.0
-            else:
-                prev = st["prev"].float()
-                st["acc"] += ((temb.float() - prev).abs().mean() / prev.abs().mean()).item()
-                compute = st["acc"] >= thresholds[expert]
-                if compute:
-                    st["acc"] = 0.0
-            st["prev"] = temb
-            if compute:
-                out = h
-                for block in m.blocks:
-                    out = block(out, enc, e0, rotary)
-                st["residual"] = out - h
-            else:
-                out = h + st["residual"]
-            preds[branch] = _head(m, out, temb, latents.shape)
+            preds[branch], compute = forwards[expert](states.setdefault((expert, branch), {}), comps[expert], i, steps,
+                                                      latents, t.expand(1), text)
             trace[(expert, branch, 0)] = trace.get((expert, branch, 0), "") + ("C" if compute else "S")
         noise = preds["uncond"] + guidance * (preds["cond"] - preds["uncond"])
         latents = sched.step(noise, t, latents, return_dict=False)[0]

@@ -3,8 +3,9 @@
 Same components, runs rotating in one process on a mid-size config (one transformer forward >= 50 ms
 on a 2-core CPU). Arms: diffusers; EDiT's plain plan (target ratio <= 1.02); EDiT with a per-block
 cache plan whose every cell computes (`enable_cache("none", granularity="per_block")`: each of the
-blocks is a cell that decides, runs and stores its residual; target <= 1.03). Prints the medians and
-writes JSON.
+blocks is a cell that decides, runs and stores its residual; target <= 1.03); and Wan2.2's two
+experts (`transformer_2` of other weights, `boundary_ratio=0.875`), EDiT against diffusers on the
+same two-expert components (target <= 1.02). Prints the medians and writes JSON.
 
     python tests/bench_overhead.py [--pairs 7] [--steps 4] [--out bench_overhead.json]
 """
@@ -52,15 +53,18 @@ def main() -> None:
     args = parser.parse_args()
 
     comps = tiny_components(0, **MID)
+    two = dict(comps, transformer_2=tiny_components(1, **MID)["transformer"], boundary_ratio=0.875)
     pipes = {"diffusers": WanPipeline(**comps), "edit": EditWanPipeline(**comps),
-             "edit_per_block": EditWanPipeline(**comps)}
+             "edit_per_block": EditWanPipeline(**comps),
+             "diffusers_2x": WanPipeline(**two), "edit_2x": EditWanPipeline(**two)}
+    against = {"edit": "diffusers", "edit_per_block": "diffusers", "edit_2x": "diffusers_2x"}
     pipes["edit_per_block"].enable_cache("none", granularity="per_block")
     for pipe in pipes.values():
         pipe.set_progress_bar_config(disable=True)
         timed(pipe, 1)  # warm-up: allocator, thread pools, first-call caches
     fwd = forward_ms(comps["transformer"])
     times: dict[str, list[float]] = {name: [] for name in pipes}
-    ratios: dict[str, list[float]] = {name: [] for name in pipes if name != "diffusers"}
+    ratios: dict[str, list[float]] = {name: [] for name in against}
     outputs = {}
     names = list(pipes)
     for i in range(args.pairs):
@@ -70,13 +74,13 @@ def main() -> None:
             pair[name], outputs[name] = timed(pipes[name], args.steps)
             times[name].append(pair[name])
         for name in ratios:
-            ratios[name].append(pair[name] / pair["diffusers"])
-    identical = {name: torch.equal(outputs[name], outputs["diffusers"]) for name in ratios}
+            ratios[name].append(pair[name] / pair[against[name]])
+    identical = {name: torch.equal(outputs[name], outputs[against[name]]) for name in ratios}
     result = {
         "config": MID, "call": {**CALL, "num_inference_steps": args.steps}, "pairs": args.pairs,
         "forward_ms": round(fwd, 2),
         "median_s": {k: round(statistics.median(v), 4) for k, v in times.items()},
-        "ratio_of_medians": {k: round(statistics.median(times[k]) / statistics.median(times["diffusers"]), 4)
+        "ratio_of_medians": {k: round(statistics.median(times[k]) / statistics.median(times[against[k]]), 4)
                              for k in ratios},
         "median_pair_ratio": {k: round(statistics.median(v), 4) for k, v in ratios.items()},
         "pair_ratios": {k: [round(r, 4) for r in v] for k, v in ratios.items()},
@@ -84,11 +88,11 @@ def main() -> None:
         "threads": torch.get_num_threads(),
     }
     print(f"one transformer forward: {fwd:.1f} ms (mid config {MID})")
-    print(f"{'pipeline':<10} {'median s':>9}   ({args.pairs} alternating runs, {args.steps} steps, CFG)")
+    print(f"{'pipeline':<14} {'median s':>9}   ({args.pairs} alternating runs, {args.steps} steps, CFG)")
     for name, value in result["median_s"].items():
-        print(f"{name:<10} {value:>9.3f}")
-    for name, target in (("edit", 1.02), ("edit_per_block", 1.03)):
-        print(f"{name}/diffusers: ratio of medians {result['ratio_of_medians'][name]:.4f}, median pair ratio "
+        print(f"{name:<14} {value:>9.3f}")
+    for name, target in (("edit", 1.02), ("edit_per_block", 1.03), ("edit_2x", 1.02)):
+        print(f"{name}/{against[name]}: ratio of medians {result['ratio_of_medians'][name]:.4f}, median pair ratio "
               f"{result['median_pair_ratio'][name]:.4f} (target <= {target}); bit-identical: {identical[name]}")
     with open(args.out, "w") as fh:
         json.dump(result, fh, indent=2)

@@ -138,9 +138,13 @@ def test_the_summary_names_the_expert_of_each_step():
 
 
 def _hooks():
-    from diffusers import FirstBlockCacheConfig, PyramidAttentionBroadcastConfig, TaylorSeerCacheConfig
+    from diffusers import FirstBlockCacheConfig, MagCacheConfig, PyramidAttentionBroadcastConfig, TaylorSeerCacheConfig
 
     return {"fbc": lambda pipe: FirstBlockCacheConfig(threshold=0.2),
+            # each expert's hook is told all 6 steps though it runs only its own (diffusers#14025):
+            # the same on both pipelines, and a second call repeats the first (checked below)
+            "magcache": lambda pipe: MagCacheConfig(mag_ratios=[1.0] * 6, num_inference_steps=6, threshold=0.5,
+                                                    retention_ratio=0.0),
             "pab": lambda pipe: PyramidAttentionBroadcastConfig(spatial_attention_block_skip_range=2,
                                                                 spatial_attention_timestep_skip_range=(-1, 1001),
                                                                 current_timestep_callback=lambda: pipe.current_timestep),
@@ -159,6 +163,7 @@ def test_diffusers_hooks_on_both_experts_equal_wan_pipeline(name):
         for key in ("transformer", "transformer_2"):
             getattr(pipe, key).enable_cache(_hooks()[name](pipe))
         results.append(generate(pipe, num_inference_steps=6))
+        assert torch.equal(generate(pipe, num_inference_steps=6), results[-1])  # no state left from the last call
     plain = generate(WanPipeline(**two_experts(0.875)), num_inference_steps=6)
     assert torch.equal(results[0], results[1])
     assert not torch.equal(results[0], plain)  # the hooks did change the run

@@ -57,11 +57,12 @@ def check_call(pipe, *, height: Any, width: Any, num_frames: Any, guidance_scale
     check_int(max_sequence_length, "max_sequence_length", what=" (tokens of the prompt kept)")
     if not isinstance(output_type, str) or output_type not in OUTPUT_TYPES:
         raise ValueError(f"output_type: expected one of {', '.join(map(repr, OUTPUT_TYPES))}, got {output_type!r}")
-    if pipe.config.boundary_ratio is not None and getattr(pipe, "transformer_2", None) is None:
-        raise ValueError(f"boundary_ratio: {pipe.config.boundary_ratio!r} switches to a second expert below it, "
-                         "but the pipeline has no transformer_2; give one or set boundary_ratio=None")
-    if pipe.config.boundary_ratio is not None and getattr(pipe, "transformer", None) is None:
-        raise ValueError("transformer: EditWanPipeline needs a `transformer` component (the high-noise expert)")
+    if pipe.config.boundary_ratio is not None:
+        if getattr(pipe, "transformer_2", None) is None:
+            raise ValueError(f"boundary_ratio: {pipe.config.boundary_ratio!r} switches to a second expert below it, "
+                             "but the pipeline has no transformer_2; give one or set boundary_ratio=None")
+        if getattr(pipe, "transformer", None) is None:
+            raise ValueError("transformer: EditWanPipeline needs a `transformer` component (the high-noise expert)")
     if getattr(pipe, "transformer", None) is not None and getattr(pipe, "vae", None) is not None:
         ModelLimits.from_pipeline(pipe).check_size(num_frames, height, width)
 

@@ -113,8 +113,9 @@ class EditWanPipeline(WanPipeline):
             out["transformer_2"] = self._adapter_2
         return out
 
-    def _experts(self) -> list[torch.nn.Module]:
-        return [a.model for a in self.adapters.values()]
+    def _experts(self) -> dict[str, torch.nn.Module]:
+        """The transformer of each expert a call runs, by model id."""
+        return {k: a.model for k, a in self.adapters.items()}
 
     def step_models(self, timesteps) -> tuple[str, ...]:
         """The model id of each step (() with one expert): `transformer` from the boundary timestep
@@ -213,15 +214,14 @@ class EditWanPipeline(WanPipeline):
     def _compile(self, inputs: tuple) -> Plan:
         spec, info, settings, costs, extra = inputs
         folds = settings is not None and settings.fold and getattr(settings.policy, "static_signal", False)
-        # folding evaluates the time embedding: the transformer's offloading hooks run around it
         # folding evaluates the time embedding: each expert's offloading hooks run around its steps
-        self._fold_hooks = ExpertHooks({k: a.model for k, a in self.adapters.items()}) if folds else None
-        try:
-            plan, self.pass_records = compile_plan(spec, info, settings, costs, extra=extra)
-        finally:
-            hooks, self._fold_hooks = self._fold_hooks, None
-            if hooks is not None:
-                hooks.close()
+        # (`model_info`'s signals enter them)
+        with ExpertHooks(self._experts()) if folds else contextlib.nullcontext() as hooks:
+            self._fold_hooks = hooks
+            try:
+                plan, self.pass_records = compile_plan(spec, info, settings, costs, extra=extra)
+            finally:
+                self._fold_hooks = None
         return plan
 
     @property
@@ -299,13 +299,11 @@ class EditWanPipeline(WanPipeline):
             if not isinstance(policy, str):
                 raise TypeError(f"per_model: needs the policy by its registered name (e.g. 'teacache'), "
                                 f"got {type(policy).__name__}")
-            if not isinstance(per_model, dict):
-                raise TypeError(f"per_model: expected {{model id: {{argument: value}}}}, got {type(per_model).__name__}")
+            policy = make_policy("per_model", base=policy, args=policy_kwargs, models=per_model)  # checks its types
             unknown = sorted(set(per_model) - set(self.adapters))
             if unknown:
                 raise ValueError(f"per_model: no model {unknown[0]!r} in this pipeline (its models: "
                                  f"{', '.join(self.adapters)})")
-            policy = make_policy("per_model", base=policy, args=policy_kwargs, models=per_model)
         else:
             policy = make_policy(policy, **policy_kwargs)
         costs = check_prefetch(prefetch, costs)
@@ -358,7 +356,7 @@ class EditWanPipeline(WanPipeline):
                  prefetch: bool = True) -> tuple[Program, Any]:
         """The program of this call and the policy that decides its run-time cells."""
         inputs = self.plan_inputs(spec, tuple(shape), timesteps, prefetch=prefetch,
-                                  version=tuple(weights_version(m) for m in self._experts()))
+                                  version=tuple(weights_version(m) for m in self._experts().values()))
         if plan is not None:
             check_plan(plan, spec, fingerprint(*inputs[:2], inputs[4], inputs[2].window if inputs[2] else ()))
             return compile_program(plan), run_policy(plan, self.cache)
@@ -486,20 +484,22 @@ class EditWanPipeline(WanPipeline):
         """Run the program: inside the transformer's offloading hooks (the run stands in for its
         forwards) and its LoRA scale, with the cache's run begun and ended around it."""
         cache = self.cache
+        experts = self._experts()
+        spec = program.graph.spec
         with contextlib.ExitStack() as scope:
-            hooks = scope.enter_context(ExpertHooks({k: a.model for k, a in self.adapters.items()}))
-            models = program.graph.spec.step_models if program.graph.spec is not None else ()
-            hooks.enter(models[0] if models else self.adapter.model_id)
+            hooks = scope.enter_context(ExpertHooks(experts))
+            hooks.enter(spec.model_at(0) if spec is not None else self.adapter.model_id)
             begin = state.step_begin
 
             def step_begin(step: int) -> None:  # the offloading hooks of the expert this step runs
-                hooks.enter(models[step] if models else self.adapter.model_id)
+                if spec is not None:
+                    hooks.enter(spec.model_at(step))
                 if begin is not None:
                     begin(step)
             state.step_begin = step_begin
             if cache is not None:
                 cache.begin_run(len(state.timesteps), program.num_units, reset=reset_cache, policy=policy)
-            for expert in self._experts():
+            for expert in experts.values():
                 scope.enter_context(face.lora_scale(expert, attention_kwargs))
             latents = program.run(state)
         self._current_timestep = None

@@ -10,14 +10,17 @@
 import importlib
 from typing import Any
 
-__all__ = ["EditWanPipeline", "tiny_components", "tiny_pipeline", "toy_components", "toy_pipeline"]
+__all__ = ["EditWanImageToVideoPipeline", "EditWanPipeline", "tiny_components", "tiny_i2v_components",
+           "tiny_i2v_pipeline", "tiny_pipeline", "toy_components", "toy_pipeline"]
 __version__ = "0.1.0"
 
 #: Loaded on first use, so `import edit.graph` / `edit.passes` (no model code) imports neither torch
 #: nor diffusers.
-_LAZY = {"EditWanPipeline": "edit.pipeline", "tiny_components": "edit.tiny", "tiny_pipeline": "edit.tiny",
+_LAZY = {"EditWanPipeline": "edit.pipeline", "EditWanImageToVideoPipeline": "edit.pipeline_i2v",
+         "tiny_components": "edit.tiny", "tiny_pipeline": "edit.tiny", "tiny_i2v_components": "edit.tiny",
+         "tiny_i2v_pipeline": "edit.tiny",
          "toy_components": "edit.toy.model", "toy_pipeline": "edit.toy.model"}
-_SUBMODULES = ("cache", "cli", "metrics", "pipeline", "tiny", "toy")
+_SUBMODULES = ("cache", "cli", "metrics", "pipeline", "pipeline_i2v", "tiny", "toy")
 
 
 def __getattr__(name: str) -> Any:

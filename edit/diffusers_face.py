@@ -33,7 +33,7 @@ def fit_video_size(pipe: Any, num_frames: int, height: int, width: int) -> tuple
 
 
 def latent_shape(pipe: Any, batch: int, num_frames: int, height: int, width: int) -> tuple[int, ...]:
-    return (batch, pipe.transformer.config.in_channels, (num_frames - 1) // pipe.vae_scale_factor_temporal + 1,
+    return (batch, pipe._latent_channels(), (num_frames - 1) // pipe.vae_scale_factor_temporal + 1,
             height // pipe.vae_scale_factor_spatial, width // pipe.vae_scale_factor_spatial)
 
 

@@ -51,27 +51,13 @@ def _one_at_a_time(method: Callable) -> Callable:
     return guarded
 
 
-class EditWanPipeline(WanPipeline):
-    """A drop-in `WanPipeline`: same components, call signature and outputs.
+class EditWanMixin:
+    """What EDiT adds to a diffusers Wan pipeline, shared by `EditWanPipeline` (text to video) and
+    `EditWanImageToVideoPipeline`: the compiler's inputs, `compile`, the cache, and the run of a
+    compiled program. A subclass gives its conditioning (`_conditioning`), the channels of its
+    latents (`_latent_channels`) and its `__call__`."""
 
-    `__call__` encodes the prompt (diffusers), compiles the plan (`compile_plan`), executes it with
-    the EDiT runtime and decodes with the VAE (diffusers). With no cache the result is bit-for-bit
-    identical to `WanPipeline`.
-
-    >>> import edit
-    >>> pipe = edit.tiny_pipeline()
-    >>> plan = pipe.compile(num_inference_steps=2, guidance_scale=5.0)
-    >>> print(plan.summary())
-    step  cond    uncond
-       0  C       C
-       1  C       C
-    """
-
-    def __init__(self, tokenizer, text_encoder, vae, scheduler, transformer=None, transformer_2=None,
-                 boundary_ratio: float | None = None, expand_timesteps: bool = False):
-        super().__init__(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler,
-                         transformer=transformer, transformer_2=transformer_2, boundary_ratio=boundary_ratio,
-                         expand_timesteps=expand_timesteps)
+    def _init_edit(self) -> None:
         self._call_lock = threading.Lock()  # one call at a time (`_one_at_a_time`)
         self._program_cache: tuple[Any, Program, Any] | None = None
         self._fold_hooks = None  # the experts' offloading hooks while a compile folds
@@ -79,6 +65,23 @@ class EditWanPipeline(WanPipeline):
         self._settings: CacheSettings | None = None
         self._enabled_steps: int | None = None
         self.pass_records: list = []
+
+    def _conditioning(self) -> tuple[str | None, bool]:
+        """(`RunSpec.condition`, `RunSpec.image_embeds`) of this pipeline's calls: text only."""
+        return None, False
+
+    def _latent_channels(self) -> int:
+        """The channels of the latents the scheduler denoises (text to video: the model's input)."""
+        return self.transformer.config.in_channels
+
+    def first_frame_mask(self, shape: tuple[int, ...], device: Any = "cpu") -> torch.Tensor | None:
+        """Wan2.2 TI2V image to video (`condition="first_frame"`): 0 on the first latent frame (the
+        image), 1 elsewhere, as diffusers builds it; None for other runs."""
+        if self._conditioning()[0] != "first_frame":
+            return None
+        mask = torch.ones(1, 1, *shape[2:], dtype=torch.float32, device=device)
+        mask[:, :, 0] = 0
+        return mask
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, device: str | torch.device | None = None,
@@ -140,7 +143,8 @@ class EditWanPipeline(WanPipeline):
         return RunSpec(num_steps=len(timesteps), timesteps=[float(t) for t in timesteps],
                        num_blocks=self.adapter.num_blocks, branches=branches, guidance_scale=guidance_scale,
                        generation=self.cache.generation if self.cache else 0, model=self.adapter.model_id,
-                       latent_shape=latent_shape, step_models=models, step_guidance=guidance)
+                       latent_shape=latent_shape, step_models=models, step_guidance=guidance,
+                       condition=self._conditioning()[0], image_embeds=self._conditioning()[1])
 
     def _timesteps(self, num_inference_steps: int, device) -> torch.Tensor:
         scheduler = copy.deepcopy(self.scheduler)
@@ -175,6 +179,7 @@ class EditWanPipeline(WanPipeline):
                 residual_shape = described["residual_shape"]
             dtypes[adapter.model_id] = adapter.dtype  # diffusers walks the parameters for it: once, not per step
         probe = torch.empty(shape, device=timesteps.device)
+        mask = self.first_frame_mask(shape, timesteps.device)
         state = RunState(adapter=self.adapter, scheduler=None, timesteps=timesteps, inputs={},
                          expand_timesteps=bool(self.config.expand_timesteps))
         models = self.step_models(timesteps)
@@ -185,7 +190,7 @@ class EditWanPipeline(WanPipeline):
             if self._fold_hooks is not None:  # inside `_compile`: this expert's offloading hooks
                 self._fold_hooks.enter(adapter.model_id)
             with torch.no_grad():
-                return adapter.time_signals(state.timestep(step, probe), dtypes[adapter.model_id])
+                return adapter.time_signals(state.timestep(step, probe, mask), dtypes[adapter.model_id])
         return ModelInfo(self.adapter.model_id, self.adapter.num_blocks, fingerprint, residual_shape, signals)
 
     def _call_fingerprint(self, shape: tuple[int, ...]) -> dict[str, Any]:
@@ -364,52 +369,17 @@ class EditWanPipeline(WanPipeline):
             self._program_cache = (inputs, compile_program(self._compile(inputs), check=False))
         return self._program_cache[1], None
 
-    # -- the call -----------------------------------------------------------------------------
-    @_one_at_a_time
-    @torch.no_grad()
-    def __call__(
-        self,
-        prompt: str | list[str] = None,
-        negative_prompt: str | list[str] = None,
-        height: int = 480,
-        width: int = 832,
-        num_frames: int = 81,
-        num_inference_steps: int = 50,
-        guidance_scale: float = 5.0,
-        guidance_scale_2: float | None = None,
-        num_videos_per_prompt: int | None = 1,
-        generator: torch.Generator | list[torch.Generator] | None = None,
-        latents: torch.Tensor | None = None,
-        prompt_embeds: torch.Tensor | None = None,
-        negative_prompt_embeds: torch.Tensor | None = None,
-        output_type: str | None = "np",
-        return_dict: bool = True,
-        attention_kwargs: dict[str, Any] | None = None,
-        callback_on_step_end: Callable[[int, int], None] | PipelineCallback | MultiPipelineCallbacks | None = None,
-        callback_on_step_end_tensor_inputs: list[str] = ["latents"],
-        max_sequence_length: int = 512,
-        plan: Graph | None = None,
-        reset_cache: bool = True,
-        prefetch_reuse: bool = True,
-    ) -> WanPipelineOutput | tuple:
-        """Generate a video; arguments as `WanPipeline.__call__`, plus `plan` to replay a compiled graph
-        (its run-time cells are decided by the plan's own policy), `reset_cache` (False: the cache's
-        policy states and stats go on from the previous call, as a segment loop that calls
-        `pipe.cache.reset()` itself wants) and `prefetch_reuse` (False: compile without prefetches)."""
-        for name, value in (("reset_cache", reset_cache), ("prefetch_reuse", prefetch_reuse)):
-            if not isinstance(value, bool):
-                raise TypeError(f"{name}: expected a bool, got {type(value).__name__}")
-        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
-            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
-        self.check_inputs(prompt, negative_prompt, height, width, prompt_embeds, negative_prompt_embeds,
-                          callback_on_step_end_tensor_inputs, guidance_scale_2)
+    # -- the call (shared by the text- and image-to-video pipelines) --------------------------
+    def _begin_call(self, *, prompt, prompt_embeds, height, width, num_frames, num_inference_steps, guidance_scale,
+                    guidance_scale_2, num_videos_per_prompt, max_sequence_length, output_type,
+                    attention_kwargs) -> tuple[torch.Tensor, int, int, int, int]:
+        """EDiT's checks of a call (after diffusers' `check_inputs`) and the call's state, as
+        diffusers sets it; returns (timesteps, num_frames, height, width, batch size)."""
         check_call(self, height=height, width=width, num_frames=num_frames, guidance_scale=guidance_scale,
                    num_videos_per_prompt=num_videos_per_prompt, max_sequence_length=max_sequence_length,
                    output_type=output_type)
-        device = self._execution_device
-        timesteps = self._timesteps(check_int(num_inference_steps, "num_inference_steps"), device)
+        timesteps = self._timesteps(check_int(num_inference_steps, "num_inference_steps"), self._execution_device)
         num_frames, height, width = face.fit_video_size(self, num_frames, height, width)
-
         if guidance_scale_2 is not None:
             check_finite(guidance_scale_2, "guidance_scale_2", " (the second expert's guidance)")
         self._guidance_scale = guidance_scale
@@ -419,45 +389,46 @@ class EditWanPipeline(WanPipeline):
         self._interrupt = False
         batch_size = 1 if isinstance(prompt, str) else len(prompt) if isinstance(prompt, list) \
             else prompt_embeds.shape[0]
+        return timesteps, num_frames, height, width, batch_size
 
-        # The plan first: its entry prefetches (cross-generation reads of the first cells) then
-        # overlap prompt encoding and latent preparation instead of stalling the first step.
-        shape = tuple(latents.shape) if latents is not None else face.latent_shape(
-            self, batch_size * (num_videos_per_prompt or 1), num_frames, height, width)
-        program, policy = self._call_program(num_inference_steps, guidance_scale, timesteps, shape, plan,
-                                             prefetch_reuse, guidance_scale_2)
-
+    def _encode_text(self, prompt, negative_prompt, num_videos_per_prompt, prompt_embeds, negative_prompt_embeds,
+                     max_sequence_length) -> dict[str, torch.Tensor]:
+        """The run inputs `text.cond` (and `text.uncond` with guidance), in the transformer's dtype."""
         prompt_embeds, negative_prompt_embeds = self.encode_prompt(
             prompt=prompt, negative_prompt=negative_prompt,
             do_classifier_free_guidance=self.do_classifier_free_guidance,
             num_videos_per_prompt=num_videos_per_prompt, prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_prompt_embeds, max_sequence_length=max_sequence_length, device=device)
+            negative_prompt_embeds=negative_prompt_embeds, max_sequence_length=max_sequence_length,
+            device=self._execution_device)
         dtype = self.transformer.dtype
-        prompt_embeds = prompt_embeds.to(dtype)
-        if negative_prompt_embeds is not None:
-            negative_prompt_embeds = negative_prompt_embeds.to(dtype)
+        inputs = {"text.cond": prompt_embeds.to(dtype)}
+        if self.do_classifier_free_guidance:
+            inputs["text.uncond"] = negative_prompt_embeds.to(dtype)
+        return inputs
 
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
+    def _run_call(self, program: Program, policy: Any, inputs: dict[str, Any], num_inference_steps: int,
+                  callback, tensor_inputs: list[str], reset_cache: bool, attention_kwargs) -> torch.Tensor:
+        """Denoise `inputs` (latents, text, conditions) with the program; the final latents."""
         timesteps = self.scheduler.timesteps
-        latents = self.prepare_latents(batch_size * num_videos_per_prompt, self.transformer.config.in_channels,
-                                       height, width, num_frames, torch.float32, device, generator, latents)
-        self.adapter.check_latents(latents)
         self._num_timesteps = len(timesteps)
         self.scheduler.set_begin_index(0)
-        inputs = {"latents": latents, "text.cond": prompt_embeds}
-        if self.do_classifier_free_guidance:
-            inputs["text.uncond"] = negative_prompt_embeds
-
         with self.progress_bar(total=num_inference_steps) as progress_bar:
             state = self.make_run_state(program, inputs, timesteps, progress_bar, num_inference_steps,
-                                        callback_on_step_end, callback_on_step_end_tensor_inputs)
-            latents = self._denoise(program, policy, state, reset_cache, attention_kwargs)
+                                        callback, tensor_inputs)
+            return self._denoise(program, policy, state, reset_cache, attention_kwargs)
 
+    def _end_call(self, latents: torch.Tensor, output_type: str, return_dict: bool) -> WanPipelineOutput | tuple:
         video = latents if output_type == "latent" else face.decode(self, latents, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (video,)
         return WanPipelineOutput(frames=video)
+
+    @staticmethod
+    def _check_flags(reset_cache: Any, prefetch_reuse: Any) -> None:
+        for name, value in (("reset_cache", reset_cache), ("prefetch_reuse", prefetch_reuse)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{name}: expected a bool, got {type(value).__name__}")
 
     def _call_program(self, num_inference_steps: int, guidance_scale: float, timesteps: torch.Tensor,
                       shape: tuple, plan: Graph | None, prefetch: bool,
@@ -512,3 +483,88 @@ class EditWanPipeline(WanPipeline):
         """The runtime environment of one call: step-begin bookkeeping and diffusers' step-end callback."""
         return face.run_state(self, program, inputs, timesteps, progress_bar, num_inference_steps, callback,
                               tensor_inputs)
+
+
+class EditWanPipeline(EditWanMixin, WanPipeline):
+    """A drop-in `WanPipeline`: same components, call signature and outputs.
+
+    `__call__` encodes the prompt (diffusers), compiles the plan (`compile_plan`), executes it with
+    the EDiT runtime and decodes with the VAE (diffusers). With no cache the result is bit-for-bit
+    identical to `WanPipeline`.
+
+    >>> import edit
+    >>> pipe = edit.tiny_pipeline()
+    >>> plan = pipe.compile(num_inference_steps=2, guidance_scale=5.0)
+    >>> print(plan.summary())
+    step  cond    uncond
+       0  C       C
+       1  C       C
+    """
+
+    def __init__(self, tokenizer, text_encoder, vae, scheduler, transformer=None, transformer_2=None,
+                 boundary_ratio: float | None = None, expand_timesteps: bool = False):
+        super().__init__(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler,
+                         transformer=transformer, transformer_2=transformer_2, boundary_ratio=boundary_ratio,
+                         expand_timesteps=expand_timesteps)
+        self._init_edit()
+
+    @_one_at_a_time
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str] = None,
+        negative_prompt: str | list[str] = None,
+        height: int = 480,
+        width: int = 832,
+        num_frames: int = 81,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 5.0,
+        guidance_scale_2: float | None = None,
+        num_videos_per_prompt: int | None = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        output_type: str | None = "np",
+        return_dict: bool = True,
+        attention_kwargs: dict[str, Any] | None = None,
+        callback_on_step_end: Callable[[int, int], None] | PipelineCallback | MultiPipelineCallbacks | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ["latents"],
+        max_sequence_length: int = 512,
+        plan: Graph | None = None,
+        reset_cache: bool = True,
+        prefetch_reuse: bool = True,
+    ) -> WanPipelineOutput | tuple:
+        """Generate a video; arguments as `WanPipeline.__call__`, plus `plan` to replay a compiled graph
+        (its run-time cells are decided by the plan's own policy), `reset_cache` (False: the cache's
+        policy states and stats go on from the previous call, as a segment loop that calls
+        `pipe.cache.reset()` itself wants) and `prefetch_reuse` (False: compile without prefetches)."""
+        self._check_flags(reset_cache, prefetch_reuse)
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        self.check_inputs(prompt, negative_prompt, height, width, prompt_embeds, negative_prompt_embeds,
+                          callback_on_step_end_tensor_inputs, guidance_scale_2)
+        timesteps, num_frames, height, width, batch_size = self._begin_call(
+            prompt=prompt, prompt_embeds=prompt_embeds, height=height, width=width, num_frames=num_frames,
+            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, guidance_scale_2=guidance_scale_2,
+            num_videos_per_prompt=num_videos_per_prompt, max_sequence_length=max_sequence_length,
+            output_type=output_type, attention_kwargs=attention_kwargs)
+
+        # The plan first: its entry prefetches (cross-generation reads of the first cells) then
+        # overlap prompt encoding and latent preparation instead of stalling the first step.
+        shape = tuple(latents.shape) if latents is not None else face.latent_shape(
+            self, batch_size * (num_videos_per_prompt or 1), num_frames, height, width)
+        program, policy = self._call_program(num_inference_steps, guidance_scale, timesteps, shape, plan,
+                                             prefetch_reuse, guidance_scale_2)
+
+        inputs = self._encode_text(prompt, negative_prompt, num_videos_per_prompt, prompt_embeds,
+                                   negative_prompt_embeds, max_sequence_length)
+        device = self._execution_device
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        latents = self.prepare_latents(batch_size * num_videos_per_prompt, self.transformer.config.in_channels,
+                                       height, width, num_frames, torch.float32, device, generator, latents)
+        self.adapter.check_latents(latents)
+        latents = self._run_call(program, policy, {"latents": latents, **inputs}, num_inference_steps,
+                                 callback_on_step_end, callback_on_step_end_tensor_inputs, reset_cache,
+                                 attention_kwargs)
+        return self._end_call(latents, output_type, return_dict)

@@ -74,11 +74,80 @@ def tiny_components(seed: int = 0, *, torch_dtype: torch.dtype = torch.float32,
     }
 
 
+#: Defaults of the tiny CLIP vision encoder of a Wan2.1 image-to-video pipeline.
+TINY_IMAGE_ENCODER = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                          image_size=32, patch_size=8, projection_dim=16)
+
+#: The image-to-video layouts `tiny_i2v_components` builds.
+I2V_KINDS = ("wan2.1", "flf2v", "wan2.2", "ti2v")
+
+
+def tiny_i2v_components(seed: int = 0, *, kind: str = "wan2.1", torch_dtype: torch.dtype = torch.float32,
+                        **transformer_overrides: Any) -> dict[str, Any]:
+    """The components dict of a tiny image-to-video pipeline (`WanImageToVideoPipeline(**components)`
+    accepts it), in one of three layouts (`kind`):
+
+    - "wan2.1": Wan2.1 I2V: a CLIP image encoder, and a transformer taking the latents, a 4-channel
+      frame mask and the encoded condition video (36 channels) with the image embedding;
+    - "flf2v": Wan2.1 FLF2V: as "wan2.1", with the image embedder's position embedding over the
+      CLIP tokens of two images (the first and the `last_image`), which its calls then need;
+    - "wan2.2": Wan2.2 I2V A14B: two experts of that input (seeded one after the other), switching
+      at `boundary_ratio=0.9`, no image encoder;
+    - "ti2v": Wan2.2 TI2V-5B: one transformer on the latents' own channels, `expand_timesteps=True`
+      (the first latent frame is the image, with timestep 0).
+    """
+    from diffusers import WanTransformer3DModel
+
+    if kind not in I2V_KINDS:
+        raise ValueError(f"kind: expected one of {', '.join(map(repr, I2V_KINDS))}, got {kind!r}")
+    comps = tiny_components(seed, torch_dtype=torch_dtype, **transformer_overrides)
+    if kind == "ti2v":
+        return {**comps, "expand_timesteps": True}
+    latent = comps["vae"].config.z_dim
+    config = {**TINY_TRANSFORMER, **transformer_overrides, "in_channels": 2 * latent + 4}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if kind in ("wan2.1", "flf2v"):
+            from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+            encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**TINY_IMAGE_ENCODER)).eval()
+            inner = config["num_attention_heads"] * config["attention_head_dim"]
+            tokens = (TINY_IMAGE_ENCODER["image_size"] // TINY_IMAGE_ENCODER["patch_size"]) ** 2 + 1
+            experts = [WanTransformer3DModel(**config, image_dim=TINY_IMAGE_ENCODER["hidden_size"],
+                                             added_kv_proj_dim=inner,
+                                             pos_embed_seq_len=2 * tokens if kind == "flf2v" else None)]
+        else:
+            experts = [WanTransformer3DModel(**config), WanTransformer3DModel(**config)]
+    experts = [_cast_like_from_pretrained(t, torch_dtype).eval() for t in experts]
+    comps["transformer"] = experts[0]
+    if kind in ("wan2.1", "flf2v"):
+        return {**comps, "image_encoder": encoder, "image_processor": _image_processor()}
+    return {**comps, "transformer_2": experts[1], "boundary_ratio": 0.9}
+
+
+def _image_processor():
+    """CLIP preprocessing at the tiny encoder's size (the PIL implementation: no torchvision)."""
+    try:
+        from transformers import CLIPImageProcessorPil as processor
+    except ImportError:  # transformers before the PIL/torchvision split
+        from transformers import CLIPImageProcessor as processor
+    size = TINY_IMAGE_ENCODER["image_size"]
+    return processor(crop_size=size, size=size)
+
+
 def tiny_pipeline(seed: int = 0, *, torch_dtype: torch.dtype = torch.float32, **overrides: Any):
     """A ready `EditWanPipeline` on the tiny seeded model (the default of the CLI and examples)."""
     from edit.pipeline import EditWanPipeline
 
     return EditWanPipeline(**tiny_components(seed, torch_dtype=torch_dtype, **overrides))
+
+
+def tiny_i2v_pipeline(seed: int = 0, *, kind: str = "wan2.1", torch_dtype: torch.dtype = torch.float32,
+                      **overrides: Any):
+    """A ready `EditWanImageToVideoPipeline` on tiny seeded components (`tiny_i2v_components`)."""
+    from edit.pipeline_i2v import EditWanImageToVideoPipeline
+
+    return EditWanImageToVideoPipeline(**tiny_i2v_components(seed, kind=kind, torch_dtype=torch_dtype, **overrides))
 
 
 def _cast_like_from_pretrained(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:

@@ -17,6 +17,7 @@ def lower(spec: RunSpec) -> Graph:
     g = Graph(spec)
     latents: Node = g.add_node(Input("latents"))
     texts = {b: g.add_node(Input(f"text.{b}")) for b in spec.branches}
+    conditions = {name: g.add_node(Input(name)) for name in spec.conditions}
     for step in range(spec.num_steps):
         heads = {}
         model = spec.model_at(step)
@@ -24,6 +25,8 @@ def lower(spec: RunSpec) -> Graph:
             embed = g.add_node(Embed(step, branch, model))
             g.add_edge(latents, embed, port="latents")
             g.add_edge(texts[branch], embed, port="text")
+            for name, source in conditions.items():
+                g.add_edge(source, embed, port=name)
             hidden, select = embed, "hidden"
             for index, blocks in enumerate(spec.units()):
                 unit = g.add_node(Unit(step, branch, index, blocks, model))

@@ -104,7 +104,8 @@ class Node:
 
 @attrs.frozen(cache_hash=True)
 class Input(Node):
-    """A run input: `latents`, or the text embeddings of one CFG branch (`text.cond`)."""
+    """A run input: `latents`, the text embeddings of one CFG branch (`text.cond`), or an image
+    condition (`condition`, `mask`, `image`: `RunSpec.conditions`)."""
 
     value: str
 
@@ -121,10 +122,11 @@ class Embed(Node):
     """Non-block work before the stack: patch embedding, RoPE, time and text condition embedding.
 
     `branch` selects the diffusers cache context (`transformer.cache_context(branch)`) the
-    branch's nodes run in.
+    branch's nodes run in. An image-to-video run also feeds it its `RunSpec.conditions`.
     """
 
     inputs: ClassVar[tuple[str, ...]] = ("latents", "text")
+    optional: ClassVar[tuple[str, ...]] = ("condition", "mask", "image")
     outputs: ClassVar[tuple[str, ...]] = EMBED_OUTPUTS
     phase: ClassVar[int] = 1
     step: int

@@ -45,6 +45,22 @@ def _check_branches(inst: RunSpec, attribute: attrs.Attribute, value: tuple[str,
         raise ValueError(f"branches: expected ('cond',) or ('cond', 'uncond'), got {value!r}")
 
 
+#: How a run conditions the latent video, besides the text (`RunSpec.condition`): "concat" (image
+#: to video: the encoded condition video joins the latents' channels), "first_frame" (Wan2.2
+#: TI2V: the first latent frame is the encoded image, and its patches' timestep is 0).
+CONDITIONS = (None, "concat", "first_frame")
+
+
+def _check_condition(inst: RunSpec, attribute: attrs.Attribute, value: object) -> None:
+    if value not in CONDITIONS:
+        raise ValueError(f"condition: expected None, 'concat' or 'first_frame', got {value!r}")
+
+
+def _check_bool(inst: RunSpec, attribute: attrs.Attribute, value: object) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{attribute.name}: expected True or False, got {type(value).__name__} {value!r}")
+
+
 def _check_blocks(inst: RunSpec, attribute: attrs.Attribute, value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"num_blocks: expected an int >= 1, got {value!r}")
@@ -60,6 +76,10 @@ class RunSpec:
     caller fills it from its adapters); empty, every step runs `model`. `step_guidance` (one scale
     per step) likewise, when the guidance differs by step; empty, every step guides with
     `guidance_scale`.
+
+    `condition` (see `CONDITIONS`) and `image_embeds` (Wan2.1 I2V: a CLIP embedding of the
+    image(s) joins the text in cross-attention) name the run inputs beyond latents and text that
+    each embed reads: `conditions`.
     """
 
     num_steps: int = attrs.field(validator=_check_steps)
@@ -74,6 +94,8 @@ class RunSpec:
                                                        else tuple(int(d) for d in s))
     step_models: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     step_guidance: tuple[float, ...] = attrs.field(default=(), converter=lambda gs: tuple(float(g) for g in gs))
+    condition: str | None = attrs.field(default=None, validator=_check_condition)
+    image_embeds: bool = attrs.field(default=False, validator=_check_bool)
 
     def __attrs_post_init__(self) -> None:
         if len(self.timesteps) != self.num_steps:
@@ -104,6 +126,20 @@ class RunSpec:
     def models(self) -> tuple[str, ...]:
         """The ids of the models the run uses, in order of first use."""
         return tuple(dict.fromkeys(self.step_models)) if self.step_models else (self.model,)
+
+    @property
+    def conditions(self) -> tuple[str, ...]:
+        """The conditioning run inputs each embed reads, by port name: `condition` (the encoded
+        condition video), `mask` (with "first_frame": 0 on the first latent frame, 1 elsewhere),
+        `image` (the CLIP image embedding)."""
+        names = ("condition",) if self.condition else ()
+        names += ("mask",) if self.condition == "first_frame" else ()
+        return names + (("image",) if self.image_embeds else ())
+
+    @property
+    def run_inputs(self) -> tuple[str, ...]:
+        """The names of the run's `Input`s: latents, each branch's text, then the conditions."""
+        return ("latents", *(f"text.{b}" for b in self.branches), *self.conditions)
 
     @property
     def cfg(self) -> bool:

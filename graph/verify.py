@@ -98,7 +98,7 @@ def _verify(graph: Graph) -> None:
 
 def _check_against_spec(graph: Graph) -> None:
     spec = graph.spec
-    inputs = {"latents"} | {f"text.{b}" for b in spec.branches}
+    inputs = set(spec.run_inputs)
     stacks: dict[tuple[int, str], list[Node]] = defaultdict(list)
     seen: set[tuple] = set()
     for node in graph.nx.nodes:
@@ -114,6 +114,11 @@ def _check_against_spec(graph: Graph) -> None:
             raise GraphError(f"{_name(node)}: branch {branch!r} is not one of the spec's {spec.branches}")
         if isinstance(node, (Unit, Cell, Probe)):
             stacks[(step, branch)].append(node)
+        if isinstance(node, Embed):
+            given = set(graph.inputs_of(node)) - set(Embed.inputs)
+            if given != set(spec.conditions):
+                raise GraphError(f"{_name(node)}: conditioned by {sorted(given)}, but the spec's run conditions "
+                                 f"every embed by {sorted(spec.conditions)}")
         if isinstance(node, (Embed, Head)):
             seen.add((type(node), step, branch))
         elif isinstance(node, (Guide, Update)):

@@ -18,10 +18,24 @@ def run_input(state: RunState, node: Input):
 
 
 @register_kernel(Embed)
-def run_embed(state: RunState, node: Embed, latents: torch.Tensor, text: torch.Tensor):
+def run_embed(state: RunState, node: Embed, latents: torch.Tensor, text: torch.Tensor,
+              condition: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+              image: torch.Tensor | None = None):
+    """The model input as diffusers' Wan pipelines build it: the latents (text to video), the
+    condition video joined on channels (image to video), or the first latent frame replaced by
+    the condition (`mask`: Wan2.2 TI2V); then the embed."""
     state.begin_step(node.step)
     adapter = state.adapter_for(node.model)
-    return adapter.embed(latents.to(adapter.dtype), state.timestep(node.step, latents), text)
+    if mask is not None:
+        model_input = (1 - mask) * condition + mask * latents
+    elif condition is not None:
+        model_input = torch.cat([latents, condition], dim=1)
+    else:
+        model_input = latents
+    timestep = state.timestep(node.step, latents, mask)
+    if image is None:  # an adapter of a model without image conditioning need not take the argument
+        return adapter.embed(model_input.to(adapter.dtype), timestep, text)
+    return adapter.embed(model_input.to(adapter.dtype), timestep, text, image)
 
 
 @register_kernel(Unit)

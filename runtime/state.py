@@ -77,14 +77,16 @@ class RunState:
             if self.step_begin is not None:
                 self.step_begin(step)
 
-    def timestep(self, step: int, latents: torch.Tensor) -> torch.Tensor:
-        """The model's timestep input for `step`, built exactly as diffusers' loop builds it."""
+    def timestep(self, step: int, latents: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The model's timestep input for `step`, built exactly as diffusers' loops build it. With
+        `expand_timesteps` (Wan2.2 TI2V) one per latent patch: `t` times `mask` (image to video: 0
+        on the first frame, whose patches are the given image), or `t` on every patch."""
         if self.timestep_override is not None:
             return self.timestep_override
         t = self.timesteps[step]
         if self.expand_timesteps:
-            # Wan2.2 ti2v: one timestep per latent token of the first frame grid
-            mask = torch.ones(latents.shape, dtype=torch.float32, device=latents.device)
+            if mask is None:
+                mask = torch.ones(latents.shape, dtype=torch.float32, device=latents.device)
             return (mask[0][0][:, ::2, ::2] * t).flatten().unsqueeze(0).expand(latents.shape[0], -1)
         return t.expand(latents.shape[0])
 

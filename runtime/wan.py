@@ -30,6 +30,23 @@ class EmbedOutput:
     encoder_hidden: torch.Tensor
     rotary: Any
     grid: tuple[int, int, int, int]  # batch, frames, height, width after patchify
+    # Wan2.2 TI2V (a timestep per patch): each sample's patch that carries its denoising timestep
+    sample_token: torch.Tensor | None = None
+
+
+def _sample_token(timestep: torch.Tensor) -> torch.Tensor:
+    """(batch,) index of the first patch with each sample's largest timestep (batch, patches):
+    the denoised patches' timestep, where an image-to-video run's first-frame patches carry 0."""
+    return timestep.argmax(dim=1)
+
+
+def _per_sample(e: torch.Tensor, e0: torch.Tensor, token: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`e` (batch, [patches,] dim) and `e0` (batch, [patches,] 6, dim) at each sample's `token`."""
+    if token is None:
+        return e, e0
+    rows = torch.arange(e.shape[0], device=e.device)
+    token = token.to(e.device)
+    return e[rows, token], e0[rows, token]
 
 
 class WanAdapter:
@@ -70,7 +87,7 @@ class WanAdapter:
 
         m = self.model
         device = next(m.parameters()).device
-        latents = torch.zeros(latent_shape, dtype=self.dtype, device=device)
+        latents = torch.zeros((latent_shape[0], m.config.in_channels, *latent_shape[2:]), dtype=self.dtype, device=device)
         text = torch.zeros(latent_shape[0], 16, m.config.text_dim, dtype=self.dtype, device=device)
         with torch.no_grad():
             ctx = self.embed(latents, torch.full((latent_shape[0],), 500.0, device=device), text)
@@ -83,11 +100,12 @@ class WanAdapter:
                 times.append(time.perf_counter() - start)
         return max(sorted(times)[len(times) // 2], 1e-9)
 
-    def check_latents(self, latents: torch.Tensor) -> None:
-        """Raise ValueError when the latent video cannot be patchified by this model."""
+    def check_latents(self, latents: torch.Tensor, channels: int | None = None) -> None:
+        """Raise ValueError when the latent video cannot be patchified by this model (`channels`:
+        the latents' own, when a condition joins them; default the model's input channels)."""
         if latents.ndim != 5:
             raise ValueError(f"latents: expected 5 dims (batch, channels, frames, height, width), got {tuple(latents.shape)}")
-        channels = self.model.config.in_channels
+        channels = self.model.config.in_channels if channels is None else channels
         if latents.shape[1] != channels:
             raise ValueError(f"latents: the model expects {channels} channels, got {latents.shape[1]}")
         for size, patch, what in zip(latents.shape[2:], self.patch_size, ("frames", "height", "width")):
@@ -112,12 +130,17 @@ class WanAdapter:
         if image is not None:
             encoder_hidden = torch.concat([image, encoder_hidden], dim=1)
         return EmbedOutput(hidden, e, e0, encoder_hidden, rotary,
-                           (batch, frames // p_t, height // p_h, width // p_w))
+                           (batch, frames // p_t, height // p_h, width // p_w),
+                           None if seq_len is None else _sample_token(timestep.unflatten(0, (-1, seq_len))))
 
     def signals(self, ctx: EmbedOutput) -> dict[str, torch.Tensor]:
         """The policy signals of one forward: TeaCache's `e` (diffusers `temb`) and `e0`
-        (`timestep_proj`), and the text condition `encoder_hidden`."""
-        return {"e": ctx.e, "e0": ctx.e0, "encoder_hidden": ctx.encoder_hidden}
+        (`timestep_proj`), and the text condition `encoder_hidden`. With a timestep per patch
+        (Wan2.2 TI2V) `e` and `e0` are one value per sample, as with one timestep: those of the
+        patch that carries the sample's denoising timestep (an image-to-video run's first-frame
+        patches carry 0 at every step, so the per-patch tensors would dilute the step's change)."""
+        e, e0 = _per_sample(ctx.e, ctx.e0, ctx.sample_token)
+        return {"e": e, "e0": e0, "encoder_hidden": ctx.encoder_hidden}
 
     def branch_context(self, branch: str, **info: Any):
         """diffusers' `transformer.cache_context(branch, step_index=..., ...)`, as `WanPipeline` runs
@@ -134,8 +157,10 @@ class WanAdapter:
             timestep = timestep.flatten()
         batch = timestep.shape[0] // (seq_len or 1)
         text = torch.zeros(batch, 1, m.config.text_dim, dtype=dtype, device=timestep.device)
+        token = None if seq_len is None else _sample_token(timestep.unflatten(0, (-1, seq_len)))
         e, e0, _, _ = m.condition_embedder(timestep, text, None, timestep_seq_len=seq_len)
-        return {"e": e, "e0": e0.unflatten(2, (6, -1)) if seq_len is not None else e0.unflatten(1, (6, -1))}
+        e, e0 = _per_sample(e, e0.unflatten(2, (6, -1)) if seq_len is not None else e0.unflatten(1, (6, -1)), token)
+        return {"e": e, "e0": e0}
 
     def run_blocks(self, start: int, stop: int, hidden: torch.Tensor, ctx: EmbedOutput) -> torch.Tensor:
         """blocks[start:stop] applied in order; returns the real output of the last block."""

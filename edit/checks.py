@@ -84,16 +84,18 @@ def _architecture(transformer: Any) -> tuple[int, int]:
     return int(config.num_layers), int(config.num_attention_heads) * int(config.attention_head_dim)
 
 
-def variant_for(transformer: Any) -> str | None:
+def variant_for(transformer: Any, task: str = "t2v") -> str | None:
     """The TeaCache coefficient set fitted on this transformer's architecture (layers, width), when
-    one was: `enable_cache("teacache")` then uses it without being told (the toy's own, or
-    t2v-14B's on a 14B checkpoint); None when none was."""
+    one was, preferring those fitted for `task` ("t2v" or "i2v"): `enable_cache("teacache")` then
+    uses it without being told (the toy's own; t2v-14B's on a 14B text-to-video checkpoint,
+    i2v-480P's on a 14B image-to-video one); None when none was."""
     from edit.passes.policies import TEACACHE_ARCHITECTURES
 
     if getattr(transformer, "config", None) is None:
         return None
     have = _architecture(transformer)
-    return next((variant for variant, fitted in TEACACHE_ARCHITECTURES.items() if fitted == have), None)
+    fitted = [variant for variant, arch in TEACACHE_ARCHITECTURES.items() if arch == have]
+    return next((v for v in fitted if v.startswith(task)), fitted[0] if fitted else None)
 
 
 def check_variant(policy: Any, transformer: Any) -> None:

@@ -57,6 +57,8 @@ class EditWanMixin:
     compiled program. A subclass gives its conditioning (`_conditioning`), the channels of its
     latents (`_latent_channels`) and its `__call__`."""
 
+    _task = "t2v"  # which published TeaCache coefficients fit this pipeline's checkpoints
+
     def _init_edit(self) -> None:
         self._call_lock = threading.Lock()  # one call at a time (`_one_at_a_time`)
         self._program_cache: tuple[Any, Program, Any] | None = None
@@ -297,7 +299,8 @@ class EditWanMixin:
                 cls = policy_class(policy)
             except ValueError:  # make_policy below says what is registered
                 cls = None
-            variant = variant_for(self.transformer) if cls is not None and issubclass(cls, TeaCache) else None
+            variant = variant_for(self.transformer, self._task) if cls is not None and issubclass(cls, TeaCache) \
+                else None
             if variant is not None:  # coefficients fitted on this architecture beat the default's
                 policy_kwargs = {**policy_kwargs, "wan_variant": variant}
         if per_model is not None:

@@ -31,6 +31,8 @@ class EditWanImageToVideoPipeline(EditWanMixin, WanImageToVideoPipeline):
     so a text-to-video plan is refused here, and the other way round.
     """
 
+    _task = "i2v"  # a 14B checkpoint takes TeaCache's i2v-480P coefficients (i2v-720P by wan_variant)
+
     def __init__(self, tokenizer, text_encoder, vae, scheduler, image_processor=None, image_encoder=None,
                  transformer=None, transformer_2=None, boundary_ratio: float | None = None,
                  expand_timesteps: bool = False):

@@ -38,3 +38,34 @@ def generate(pipe, prompt="a red fox running through snow", seed: int = 7, **kwa
 @pytest.fixture
 def tiny():
     return components()
+
+
+@functools.lru_cache(maxsize=None)
+def _i2v_components(kind: str, seed: int) -> dict:
+    from edit import tiny_i2v_components
+
+    return tiny_i2v_components(seed, kind=kind)
+
+
+def i2v_components(kind: str = "wan2.1", seed: int = 0) -> dict:
+    """Tiny image-to-video components (`edit.tiny_i2v_components`), built once per (kind, seed)."""
+    return dict(_i2v_components(kind, seed))
+
+
+def i2v_images():
+    """Two seeded RGB images of the small size: a first frame and a last frame."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    return tuple(Image.fromarray((rng.random((SMALL["height"], SMALL["width"], 3)) * 255).astype("uint8"))
+                 for _ in range(2))
+
+
+def generate_i2v(pipe, image=None, prompt="a red fox running through snow", seed: int = 7, **kwargs):
+    """Run an image-to-video `pipe` from `image` (default: the first of `i2v_images`) with a fresh
+    seeded generator and return `.frames`."""
+    pipe.set_progress_bar_config(disable=True)
+    args = {**SMALL, "output_type": "latent", **kwargs}
+    image = i2v_images()[0] if image is None else image
+    return pipe(image, prompt, generator=torch.Generator("cpu").manual_seed(seed), **args).frames

@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 
 from edit.cli_checks import (FULL_SIZE, POLICY_FLAGS, TINY_SIZE, CliError, check_drawing, check_flags,
-                             check_model_and_size, check_outputs, check_request)
+                             check_model_and_size, check_outputs, check_request, check_task, pipeline_task,
+                             read_images)
 from edit.toy.model import default_model
 
 
@@ -111,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Generate a video from a prompt and print the plan the run executed.")
     gen.add_argument("prompt", help="what the video shows")
     add_run_arguments(gen)
+    gen.add_argument("--image", default=None, metavar="IMG",
+                     help="image to video: the first frame (any image Pillow reads; resized to the video's size); "
+                          "runs an image-to-video pipeline (default: text to video)")
+    gen.add_argument("--last-image", default=None, metavar="IMG",
+                     help="with --image: the last frame too (first-last-frame: a FLF2V or Wan2.2 I2V model) "
+                          "(default: none)")
     gen.add_argument("--seed", type=_seed, default=0, help="seed of the initial noise, 0 to 2**64 - 1 (default: 0)")
     gen.add_argument("--fps", type=_positive_int("--fps"), default=16, help="frames per second of the video (default: 16)")
     gen.add_argument("--out", default="out.mp4", metavar="FILE",
@@ -163,17 +170,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 # -- the run -----------------------------------------------------------------------------------
 
-def load_pipeline(model: str, folder: Path | None):
+def load_pipeline(model: str, folder: Path | None, images: tuple | None = None):
+    """The pipeline of `model`; with `images` (first, last or None) an image-to-video one."""
     import torch
 
     import edit
 
     if model == "tiny":
+        if images:  # the tiny Wan2.1 I2V layout; with a last frame, its FLF2V layout
+            return edit.tiny_i2v_pipeline(seed=0, kind="wan2.1" if images[1] is None else "flf2v")
         return edit.tiny_pipeline(seed=0)
     dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
     device = "cuda" if torch.cuda.is_available() else None
+    cls = edit.EditWanImageToVideoPipeline if images or pipeline_task(folder) == "i2v" else edit.EditWanPipeline
     try:
-        return edit.EditWanPipeline.from_pretrained(str(folder or model), dtype=dtype, device=device)
+        return cls.from_pretrained(str(folder or model), dtype=dtype, device=device)
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CliError(f"--model: cannot load {model!r}: {first}") from None
@@ -273,11 +284,13 @@ def generate(args: argparse.Namespace) -> int:
     check_flags(args, planned=saved is not None)
     out, plan_path = check_outputs(args)
     render_path = check_drawing(args, "--render", args.render)
+    images = read_images(args)
     folder, height, width, known = check_model_and_size(args, saved_plan)
+    check_task(args, folder, images)
     drawn_steps = choose_drawn_steps(args, render_path or plan_path)
 
     start = time.perf_counter()
-    pipe = load_pipeline(args.model, folder)
+    pipe = load_pipeline(args.model, folder, images)
     if known is None:
         from edit.limits import ModelLimits
 
@@ -299,16 +312,16 @@ def generate(args: argparse.Namespace) -> int:
         notes(note, drawn_steps[1])
     start = time.perf_counter()
     try:
-        frames = pipe(args.prompt, negative_prompt=args.negative_prompt, height=height, width=width,
-                      num_frames=args.frames, num_inference_steps=args.steps, guidance_scale=args.guidance,
-                      generator=torch.Generator("cpu").manual_seed(args.seed), output_type="np", plan=plan,
-                      callback_on_step_end=callback).frames[0]
+        frames = pipe(*image_args(images), args.prompt, negative_prompt=args.negative_prompt, height=height,
+                      width=width, num_frames=args.frames, num_inference_steps=args.steps,
+                      guidance_scale=args.guidance, generator=torch.Generator("cpu").manual_seed(args.seed),
+                      output_type="np", plan=plan, callback_on_step_end=callback, **last_image_args(images)).frames[0]
     except ValueError as err:
         if saved_plan is None or not str(err).startswith("plan"):
             raise
         raise CliError(f"--plan-file: {str(err).splitlines()[0]}") from None
     seconds = time.perf_counter() - start
-    reference = run_uncached(pipe, args, height, width) if args.compare_uncached else None
+    reference = run_uncached(pipe, args, height, width, images) if args.compare_uncached else None
     if not np.isfinite(frames).all():  # never hand over a silently wrong video
         raise CliError("--guidance: the run produced non-finite values (NaN/inf); nothing was written")
     data = (np.clip(frames, 0.0, 1.0) * 255).round().astype(np.uint8)
@@ -322,20 +335,28 @@ def generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_uncached(pipe, args: argparse.Namespace, height: int, width: int):
-    """The same call, seed and weights with no cache (a second pipeline over the same modules):
-    (frames, seconds)."""
+def run_uncached(pipe, args: argparse.Namespace, height: int, width: int, images: tuple | None = None):
+    """The same call, seed, images and weights with no cache (a second pipeline of the same class
+    over the same modules): (frames, seconds)."""
     import torch
 
-    from edit.pipeline import EditWanPipeline
-
-    plain = EditWanPipeline(**pipe.components)
+    plain = type(pipe)(**pipe.components)
     plain.set_progress_bar_config(disable=True)
     start = time.perf_counter()
-    frames = plain(args.prompt, negative_prompt=args.negative_prompt, height=height, width=width,
-                   num_frames=args.frames, num_inference_steps=args.steps, guidance_scale=args.guidance,
-                   generator=torch.Generator("cpu").manual_seed(args.seed), output_type="np").frames[0]
+    frames = plain(*image_args(images), args.prompt, negative_prompt=args.negative_prompt, height=height,
+                   width=width, num_frames=args.frames, num_inference_steps=args.steps, guidance_scale=args.guidance,
+                   generator=torch.Generator("cpu").manual_seed(args.seed), output_type="np",
+                   **last_image_args(images)).frames[0]
     return frames, time.perf_counter() - start
+
+
+def image_args(images: tuple | None) -> tuple:
+    """An image-to-video call's leading `image` argument (none for text to video)."""
+    return (images[0],) if images else ()
+
+
+def last_image_args(images: tuple | None) -> dict:
+    return {"last_image": images[1]} if images and images[1] is not None else {}
 
 
 def report_comparison(frames, seconds: float, reference, reference_seconds: float) -> None:
@@ -457,7 +478,7 @@ def plan_command(args: argparse.Namespace) -> int:
             raise CliError(f"{err.flag}: {err}") from None
     folder, height, width, _ = check_model_and_size(args)
     drawn_steps = choose_drawn_steps(args, render_path)
-    pipe = load_pipeline(args.model, folder)
+    pipe = load_pipeline(args.model, folder)  # an image-to-video folder compiles its own (conditioned) plan
     enable_cache(pipe, args)
     start = time.perf_counter()
     plan = compile_plan_for(pipe, args, prompt=args.prompt, height=height, width=width, num_frames=args.frames)

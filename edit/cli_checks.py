@@ -196,3 +196,53 @@ def check_model_and_size(args: argparse.Namespace, plan=None):
     if known is not None:
         check_request(args, *known, height, width)
     return folder, height, width, known
+
+
+def read_images(args: argparse.Namespace) -> tuple | None:
+    """`--image` and `--last-image` read (RGB), before the model loads: (first, last or None), or
+    None for text to video."""
+    if args.last_image is not None and args.image is None:
+        raise CliError("--last-image: needs --image IMG (the first frame)")
+    if args.image is None:
+        return None
+    return _read_image("--image", args.image), (None if args.last_image is None
+                                                else _read_image("--last-image", args.last_image))
+
+
+def _read_image(flag: str, value: str):
+    from PIL import Image
+
+    try:
+        with Image.open(Path(value).expanduser()) as image:
+            return image.convert("RGB")  # reads every pixel now: a truncated file fails here, not mid-run
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else (str(err).splitlines() or [""])[0]
+        raise CliError(f"{flag}: cannot read {value!r} as an image: {reason or type(err).__name__}") from None
+
+
+def pipeline_task(folder: Path | None) -> str | None:
+    """What a pipeline folder's model_index.json says it runs: "i2v" (an image-to-video pipeline),
+    "ti2v" (Wan2.2 TI2V: a text-to-video pipeline with expand_timesteps, which takes an image too),
+    "t2v", or None when there is no folder or it cannot be read."""
+    if folder is None:
+        return None
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
+    except (OSError, ValueError):
+        return None
+    name = str(index.get("_class_name", ""))
+    if "ImageToVideo" in name:
+        return "i2v"
+    return "ti2v" if index.get("expand_timesteps") else "t2v"
+
+
+def check_task(args: argparse.Namespace, folder: Path | None, images: tuple | None) -> None:
+    """The model can run the task the flags ask for: image to video with --image, else text to video."""
+    if images and args.model == "toy":
+        raise CliError("--image: the toy model is text to video only; use --model tiny or an image-to-video folder")
+    task = pipeline_task(folder) if args.model != "toy" else "t2v"
+    if images and task == "t2v":
+        raise CliError(f"--image: {args.model!r} is a text-to-video pipeline; image to video needs a "
+                       "WanImageToVideoPipeline folder or a TI2V one (expand_timesteps)")
+    if not images and task == "i2v":
+        raise CliError(f"--image: {args.model!r} is an image-to-video pipeline; give --image IMG (the first frame)")

@@ -13,7 +13,14 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from diffusers import WanImageToVideoPipeline
+from transformers.utils import logging as _hf_logging
+
+_level = _hf_logging.get_verbosity()
+_hf_logging.set_verbosity_error()  # diffusers' module imports CLIPImageProcessor by name: transformers
+try:  # warns at that import when torchvision is missing, though nothing is loaded yet
+    from diffusers import WanImageToVideoPipeline
+finally:
+    _hf_logging.set_verbosity(_level)
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.pipelines.wan.pipeline_output import WanPipelineOutput
 
@@ -48,6 +55,20 @@ class EditWanImageToVideoPipeline(EditWanMixin, WanImageToVideoPipeline):
 
     def _latent_channels(self) -> int:
         return self.vae.config.z_dim
+
+    def _check_last_image(self, last_image: Any, image_embeds: Any) -> None:
+        """Refuse the first-last-frame calls diffusers would ignore or fail deep inside."""
+        if last_image is not None and self.config.expand_timesteps:
+            raise ValueError("last_image: a TI2V pipeline (expand_timesteps) conditions on the first frame only; "
+                             "diffusers would ignore the last image")
+        if self._conditioning()[1] and image_embeds is None:
+            two = self.transformer.config.pos_embed_seq_len is not None  # Wan2.1 FLF2V: the CLIP tokens of two images
+            if last_image is not None and not two:
+                raise ValueError("last_image: this transformer embeds one image (a Wan2.1 I2V checkpoint: no "
+                                 "pos_embed_seq_len); first-last-frame runs need a FLF2V checkpoint")
+            if last_image is None and two:
+                raise ValueError("last_image: this FLF2V transformer embeds two images (pos_embed_seq_len is set); "
+                                 "give the last frame too")
 
     @_one_at_a_time
     @torch.no_grad()
@@ -90,6 +111,7 @@ class EditWanImageToVideoPipeline(EditWanMixin, WanImageToVideoPipeline):
         if image is None:  # diffusers accepts image_embeds alone, then fails preparing the latents
             raise ValueError("image: the condition video is encoded from it; give the image (image_embeds only "
                              "replaces its CLIP embedding)")
+        self._check_last_image(last_image, image_embeds)
         timesteps, num_frames, height, width, batch_size = self._begin_call(
             prompt=prompt, prompt_embeds=prompt_embeds, height=height, width=width, num_frames=num_frames,
             num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, guidance_scale_2=guidance_scale_2,

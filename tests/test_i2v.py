@@ -332,3 +332,17 @@ def test_no_image_is_refused_before_any_work():
     with pytest.raises(ValueError, match="image: the condition video is encoded from it"):
         pipe(None, PROMPT, image_embeds=embeds, **SMALL, output_type="latent")
     assert calls == []
+
+
+@pytest.mark.parametrize("kind, last, match", [
+    ("ti2v", True, "last_image: a TI2V pipeline .* first frame only"),
+    ("wan2.1", True, "last_image: this transformer embeds one image"),
+    ("flf2v", False, "last_image: this FLF2V transformer embeds two images"),
+])
+def test_first_last_frame_calls_the_model_cannot_take_are_refused(kind, last, match):
+    pipe = EditWanImageToVideoPipeline(**i2v_components(kind))
+    calls = []
+    pipe.vae.register_forward_pre_hook(lambda *a: calls.append(1))
+    with pytest.raises(ValueError, match=match):
+        generate_i2v(pipe, last_image=LAST if last else None)
+    assert calls == []

@@ -67,6 +67,7 @@ class EditWanMixin:
         self._settings: CacheSettings | None = None
         self._enabled_steps: int | None = None
         self.pass_records: list = []
+        self._parallel = None  # a ParallelRun after enable_parallelism
 
     def _conditioning(self) -> tuple[str | None, bool]:
         """(`RunSpec.condition`, `RunSpec.image_embeds`) of this pipeline's calls: text only."""
@@ -103,7 +104,7 @@ class EditWanMixin:
         if self.transformer is None:
             raise ValueError("transformer: EditWanPipeline needs a `transformer` component")
         if getattr(self, "_adapter", None) is None or self._adapter.model is not self.transformer:
-            self._adapter = WanAdapter(self.transformer)
+            self._adapter = self._sharded(WanAdapter(self.transformer))
         return self._adapter
 
     @property
@@ -114,9 +115,53 @@ class EditWanMixin:
         out = {self.adapter.model_id: self.adapter}
         if self.config.boundary_ratio is not None:
             if getattr(self, "_adapter_2", None) is None or self._adapter_2.model is not self.transformer_2:
-                self._adapter_2 = WanAdapter(self.transformer_2, model_id="transformer_2")
+                self._adapter_2 = self._sharded(WanAdapter(self.transformer_2, model_id="transformer_2"))
             out["transformer_2"] = self._adapter_2
         return out
+
+    def _sharded(self, adapter: WanAdapter) -> Any:
+        """`adapter`, on this rank's shard of the tokens under sequence parallelism."""
+        parallel = getattr(self, "_parallel", None)
+        if parallel is None or parallel.sequence == 1:
+            return adapter
+        from edit.runtime.distributed import ShardedAdapter
+
+        return ShardedAdapter(adapter, parallel)
+
+    # -- several ranks ------------------------------------------------------------------------
+    def enable_parallelism(self, cfg: int = 1, sequence: int = 1, *, backend: str | None = None,
+                           timeout: float = 60.0) -> Any:
+        """Run every call over `cfg * sequence` processes (one per rank; start them with torchrun,
+        which this joins, initialising the process group when needed: `gloo` on CPU, `nccl` on
+        CUDA, each rank on its own device). `cfg=2`: the cond branch on the ranks of CFG group 0,
+        uncond on group 1, one all-gather per step; `sequence=k`: each forward's tokens split over
+        k ranks, attention across them through diffusers' Ulysses context parallelism. Every rank
+        runs the same plan (compared before each run), decides run-time cells alike (checked), and
+        returns the same output; collectives give up after `timeout` seconds. Returns the
+        `ParallelRun` (`pipe.parallel`)."""
+        from edit.runtime.distributed import setup, shard_attention
+
+        parallel = setup(cfg, sequence, backend=backend, timeout=timeout)
+        if parallel.device.type != "cpu":
+            self.to(parallel.device)
+        if sequence > 1:
+            for expert in self._experts().values():
+                shard_attention(expert, parallel)
+        self._parallel = parallel
+        self._adapter = self._adapter_2 = None  # made again, on the shard
+        self._program_cache = None
+        return parallel
+
+    @property
+    def parallel(self) -> Any:
+        """The `ParallelRun` of `enable_parallelism` (None: one process)."""
+        return self._parallel
+
+    def _placement(self) -> Any:
+        from edit.passes import Place
+
+        parallel = self._parallel
+        return None if parallel is None else Place(parallel.cfg, parallel.sequence)
 
     def _experts(self) -> dict[str, torch.nn.Module]:
         """The transformer of each expert a call runs, by model id."""
@@ -196,8 +241,12 @@ class EditWanMixin:
         return ModelInfo(self.adapter.model_id, self.adapter.num_blocks, fingerprint, residual_shape, signals)
 
     def _call_fingerprint(self, shape: tuple[int, ...]) -> dict[str, Any]:
-        return {"scheduler": f"{type(self.scheduler).__name__}:{config_digest(self.scheduler)}",
-                "latent_shape": tuple(shape)}
+        out = {"scheduler": f"{type(self.scheduler).__name__}:{config_digest(self.scheduler)}",
+               "latent_shape": tuple(shape)}
+        placement = self._placement()
+        if placement is not None:  # a plan compiled for one layout is refused under another
+            out["parallel"] = placement.to_text()
+        return out
 
     def _costs(self, settings: CacheSettings | None, shape: tuple[int, ...]) -> CostModel:
         """`pipe.cache.costs`, with the block time measured once, at the first compile that needs it."""
@@ -226,7 +275,8 @@ class EditWanMixin:
         with ExpertHooks(self._experts()) if folds else contextlib.nullcontext() as hooks:
             self._fold_hooks = hooks
             try:
-                plan, self.pass_records = compile_plan(spec, info, settings, costs, extra=extra)
+                plan, self.pass_records = compile_plan(spec, info, settings, costs, extra=extra,
+                                                       placement=self._placement())
             finally:
                 self._fold_hooks = None
         return plan
@@ -365,11 +415,12 @@ class EditWanMixin:
         """The program of this call and the policy that decides its run-time cells."""
         inputs = self.plan_inputs(spec, tuple(shape), timesteps, prefetch=prefetch,
                                   version=tuple(weights_version(m) for m in self._experts().values()))
+        group = None if self._parallel is None else self._parallel.group
         if plan is not None:
             check_plan(plan, spec, fingerprint(*inputs[:2], inputs[4], inputs[2].window if inputs[2] else ()))
-            return compile_program(plan), run_policy(plan, self.cache)
+            return compile_program(plan, group=group), run_policy(plan, self.cache)
         if self._program_cache is None or self._program_cache[0] != inputs:
-            self._program_cache = (inputs, compile_program(self._compile(inputs), check=False))
+            self._program_cache = (inputs, compile_program(self._compile(inputs), check=False, group=group))
         return self._program_cache[1], None
 
     # -- the call (shared by the text- and image-to-video pipelines) --------------------------
@@ -446,6 +497,8 @@ class EditWanMixin:
         spec = self.run_spec(num_inference_steps, guidance_scale, timesteps, latent_shape=shape,
                              guidance_scale_2=guidance_scale_2)
         program, policy = self._program(spec, plan, timesteps, shape, prefetch=prefetch)
+        if self._parallel is not None:  # every rank runs the same plan, or none runs
+            self._parallel.agree_plan(program.graph)
         if program.has_cells and cache is None:
             raise ValueError("plan: it has cache cells; enable a cache (pipe.enable_cache) to run it")
         if cache is not None:
@@ -475,10 +528,22 @@ class EditWanMixin:
                 cache.begin_run(len(state.timesteps), program.num_units, reset=reset_cache, policy=policy)
             for expert in experts.values():
                 scope.enter_context(face.lora_scale(expert, attention_kwargs))
+            parallel = self._parallel
+            state.parallel = parallel
+            if parallel is not None:
+                parallel.bytes_moved = 0
+            if parallel is not None and cache is not None:
+                scope.enter_context(parallel.reducing())
+                scope.callback(setattr, cache, "agree", None)
+                cache.agree = parallel.agree_decision if parallel.sequence > 1 else None
+                cache.residuals.owner = parallel.shard_owner(cache.residuals.owner)
+                parallel.resume_stats(cache.stats)
             latents = program.run(state)
         self._current_timestep = None
         if cache is not None:
             cache.end_run()
+            if self._parallel is not None:
+                self._parallel.gather_stats(cache.stats, program.graph)
         return latents
 
     def make_run_state(self, program: Program, inputs: dict[str, Any], timesteps: torch.Tensor, progress_bar,

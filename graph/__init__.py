@@ -13,7 +13,7 @@ step  cond    uncond
 from edit.graph.core import Graph, same_structure
 from edit.graph.lower import lower
 from edit.graph.nodes import (BRANCHES, CELL_MODES, COMPUTE, DATA, DECIDE, DEFAULT_MODEL, EDGE_KINDS, PREFETCH,
-                              REUSE, REUSE_MODE, Cell, Embed, Guide, Head, Input, Node, Output, Prefetch, Probe, Unit,
+                              REUSE, REUSE_MODE, Cell, Embed, Exchange, Guide, Head, Input, Node, Output, Prefetch, Probe, Unit,
                               Update)
 from edit.graph.effects import Effects, cell_effects, latest_key, step_key
 from edit.graph.draw import LEVELS, render, to_dot
@@ -23,7 +23,7 @@ from edit.graph.verify import GraphError, verify
 
 __all__ = [
     "BRANCHES", "CELL_MODES", "COMPUTE", "DATA", "DECIDE", "DEFAULT_MODEL", "EDGE_KINDS", "GRANULARITIES", "LEVELS",
-    "PREFETCH", "REUSE", "REUSE_MODE", "Cell", "Embed", "Graph", "GraphError", "Guide", "Head", "Input", "Node",
+    "PREFETCH", "REUSE", "REUSE_MODE", "Cell", "Embed", "Exchange", "Graph", "GraphError", "Guide", "Head", "Input", "Node",
     "Output", "Plan", "Prefetch", "Probe", "RunSpec", "Unit", "Update",
     "check_granularity", "lower", "render", "Effects", "cell_effects", "latest_key", "step_key", "same_structure", "to_dot", "unit_ranges", "verify",
 ]

@@ -369,6 +369,43 @@ class Guide(Node):
         return None
 
 
+def _placement(value) -> tuple[tuple[str, int], ...]:
+    return tuple((str(branch), int(group)) for branch, group in value)
+
+
+@attrs.frozen(cache_hash=True)
+class Exchange(Node):
+    """CFG-parallel: each branch's noise prediction is computed by the ranks of its CFG group
+    (`placement`: (branch, group) pairs) and brought to every rank here, one all-gather per step,
+    so every rank guides and steps the scheduler identically. A rank's program runs only the
+    nodes of the branches placed on its group; `place(cfg=2)` inserts this node before each Guide."""
+
+    inputs: ClassVar[tuple[str, ...]] = ("cond", "uncond")
+    outputs: ClassVar[tuple[str, ...]] = ("cond", "uncond")
+    phase: ClassVar[int] = 2
+    sub: ClassVar[int] = -1  # before the step's Guide
+    step: int
+    placement: tuple[tuple[str, int], ...] = attrs.field(converter=_placement)
+
+    @property
+    def name(self) -> str:
+        return f"s{self.step}.exchange"
+
+    def params(self) -> str:
+        return "placement=" + ",".join(f"{branch}@{group}" for branch, group in self.placement)
+
+    def group_of(self, branch: str) -> int | None:
+        return dict(self.placement).get(branch)
+
+    def check(self, graph: Graph) -> str | None:
+        branches = [b for b, _ in self.placement]
+        if sorted(branches) != sorted(self.inputs) or len(set(branches)) != len(branches):
+            return f"placement {self.params()[10:]} must place each of {self.inputs} once"
+        if any(group < 0 for _, group in self.placement):
+            return f"placement {self.params()[10:]}: a CFG group is an int >= 0"
+        return None
+
+
 @attrs.frozen(cache_hash=True)
 class Update(Node):
     """Scheduler step x_t -> x_{t-1} at the spec's timestep of `step`; the step-end callback runs right after it."""

@@ -28,7 +28,7 @@ VERSION = 1
 
 #: Node kinds a plan file may hold, by the name written in the file.
 KINDS: dict[str, type] = {cls.__name__: cls for cls in (records.Input, records.Embed, records.Unit, records.Probe,
-                                                         records.Cell, records.Prefetch, records.Head, records.Guide,
+                                                         records.Cell, records.Prefetch, records.Head, records.Exchange, records.Guide,
                                                          records.Update, records.Output)}
 
 

@@ -22,6 +22,7 @@ from edit.graph.plan import DTYPE_BYTES
 from edit.passes.base import Pipeline
 from edit.passes.builtin import default_pipeline
 from edit.passes.fold import FoldStatic, static_decisions
+from edit.passes.place import Place
 from edit.passes.policy import CachePolicy
 
 #: Spec fields a plan records in its fingerprint (what a call must match to run it).
@@ -138,9 +139,17 @@ def prefetch_parameters(settings: CacheSettings, model: ModelInfo, costs: CostMo
 
 
 def plan_pipeline(settings: CacheSettings | None, model: ModelInfo, costs: CostModel,
-                  decisions: Callable[[Graph], dict] | None = None) -> Pipeline:
+                  decisions: Callable[[Graph], dict] | None = None, placement: Place | None = None) -> Pipeline:
     """The pass pipeline of a plan: the settings' own `pipeline`, or `default_pipeline` from them,
-    with the fold decisions bound."""
+    with the fold decisions bound; a `placement` (`place(cfg=..., sequence=...)`) last."""
+    pipeline = _cache_pipeline(settings, model, costs, decisions)
+    if placement is None or placement == Place():
+        return pipeline
+    return Pipeline([p for p in pipeline.passes if not isinstance(p, Place)] + [placement], debug=pipeline.debug)
+
+
+def _cache_pipeline(settings: CacheSettings | None, model: ModelInfo, costs: CostModel,
+                    decisions: Callable[[Graph], dict] | None) -> Pipeline:
     if settings is None or settings.policy is None:
         granularity = "stack" if settings is None else settings.granularity
         return default_pipeline(granularity=granularity, passes=() if settings is None else settings.passes)
@@ -166,8 +175,10 @@ def fingerprint(spec: RunSpec, model: ModelInfo, extra: dict[str, Any] | None = 
 
 
 def compile_plan(spec: RunSpec, model: ModelInfo, settings: CacheSettings | None = None,
-                 costs: CostModel | None = None, *, extra: dict[str, Any] | None = None) -> tuple[Plan, list]:
+                 costs: CostModel | None = None, *, extra: dict[str, Any] | None = None,
+                 placement: Place | None = None) -> tuple[Plan, list]:
     """Lower `spec`, run the pipeline the settings make, verify; the plan and what each pass did.
+    `placement` (`Place(cfg=2, sequence=2)`) lays the plan out over ranks, as the last pass.
 
     A static policy is folded with `model.signals` (fresh policy states, the same decision function
     the runtime uses; no hook fires here). A pass may not change the spec (the error names it).
@@ -183,7 +194,9 @@ def compile_plan(spec: RunSpec, model: ModelInfo, settings: CacheSettings | None
     decisions = None
     if policy is not None and getattr(policy, "static_signal", False) and model.signals is not None:
         decisions = functools.partial(static_decisions, policy=policy, signals=model.signals)
-    pipeline = plan_pipeline(settings, model, costs, decisions)
+    if placement is not None and not isinstance(placement, Place):
+        raise TypeError(f"placement: expected an edit.passes.Place, got {type(placement).__name__}")
+    pipeline = plan_pipeline(settings, model, costs, decisions, placement)
     graph, records = pipeline.run(lower(spec))
     if not pipeline.debug:
         verify(graph)

@@ -50,8 +50,28 @@ def relative_l1(cur: torch.Tensor, prev: torch.Tensor) -> float:
     return value
 
 
+#: Set by a sequence-parallel run (`reduced_relative_l1`): sums partial sums over the ranks that
+#: hold the other shards of the tokens, so every rank decides from the whole tensor's change.
+_REDUCE: contextvars.ContextVar[Callable | None] = contextvars.ContextVar("relative_l1_reduce", default=None)
+
+
+@contextlib.contextmanager
+def reduced_relative_l1(reduce: Callable) -> Iterator[None]:
+    """Inside the block, `relative_l1` of a shard is the whole tensor's: `reduce(num, den)` sums
+    the two partial sums over the shards (equal shards: the ratio of sums is the ratio of means)."""
+    token = _REDUCE.set(reduce)
+    try:
+        yield
+    finally:
+        _REDUCE.reset(token)
+
+
 def _relative_l1(cur: torch.Tensor, prev: torch.Tensor) -> float:
     cur, prev = cur.float(), prev.float()
+    reduce = _REDUCE.get()
+    if reduce is not None:
+        num, den = reduce((cur - prev).abs().sum(), prev.abs().sum())
+        return (num / den).item()
     return ((cur - prev).abs().mean() / prev.abs().mean()).item()
 
 

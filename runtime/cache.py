@@ -213,6 +213,7 @@ class CacheController:
         self.num_steps = 0
         self.num_units = 0
         self.run_policy: CachePolicy | None = policy  # the policy deciding this run's cells (a plan's own)
+        self.agree: Callable[[Cell, bool], bool] | None = None  # several ranks: checks they decided alike
 
     # -- user API -----------------------------------------------------------------------------
     def add_hook(self, event: str, fn: Callable[[UnitEvent], Any]) -> Callable[[], None]:
@@ -325,6 +326,8 @@ class CacheController:
                                compute=compute, ctx=context))
             if out is not None and decided:
                 compute = bool(out)
+        if self.agree is not None:
+            compute = self.agree(cell, compute)
         return compute
 
     def fire(self, event: str, cell: Any, **fields: Any) -> Any:

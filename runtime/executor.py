@@ -15,7 +15,7 @@ from typing import Any
 
 import attrs
 
-from edit.graph import Cell, Effects, Graph, Input, Node, Output, Prefetch, Unit, Update, verify
+from edit.graph import Cell, Effects, Exchange, Graph, Input, Node, Output, Prefetch, Unit, Update, verify
 from edit.graph.text import node_line
 from edit.passes.base import paused_gc
 
@@ -133,18 +133,36 @@ def _in_node(err: Exception, graph: Graph, node: Node) -> Exception:
     return new
 
 
-def compile_program(graph: Graph, *, check: bool = True) -> Program:
-    """Linearize `graph` (verified first when `check`) into a `Program` with last-use frees."""
+def compile_program(graph: Graph, *, check: bool = True, group: int | None = None) -> Program:
+    """Linearize `graph` (verified first when `check`) into a `Program` with last-use frees.
+
+    `group`: the CFG group of the rank this program runs on, for a plan placed by `place(cfg=2)`:
+    the nodes of a branch placed on another group are left out (their values arrive through the
+    step's `Exchange`). None: every node (a single-process run).
+    """
     with paused_gc():
-        return _compile(graph, check)
+        return _compile(graph, check, group)
 
 
-def _compile(graph: Graph, check: bool) -> Program:
+def placement(graph: Graph) -> dict[str, int]:
+    """{branch: CFG group} of a plan placed by `place(cfg=2)`; empty for an unplaced plan."""
+    exchanges = graph.nodes(Exchange)
+    return dict(exchanges[0].placement) if exchanges else {}
+
+
+def _compile(graph: Graph, check: bool, group: int | None) -> Program:
     if check:
         verify(graph)
     order = graph.order()
+    placed = placement(graph) if group is not None else {}
+    if placed:
+        if group not in placed.values():
+            raise ValueError(f"group: this plan places its branches on CFG groups {sorted(set(placed.values()))}, "
+                             f"got {group!r}")
+        order = [n for n in order if placed.get(getattr(n, "branch", None), group) == group]
     slot_of = {node: i for i, node in enumerate(order)}
-    inputs = {node: graph.inputs_of(node) for node in order}
+    inputs = {node: {port: src for port, src in graph.inputs_of(node).items() if src[0] in slot_of}
+              for node in order}
     last_use: dict[int, int] = {}
     for pos, node in enumerate(order):
         for producer, _ in inputs[node].values():

@@ -7,7 +7,7 @@ import time
 import attrs
 import torch
 
-from edit.graph import COMPUTE, DECIDE, Cell, Embed, Guide, Head, Input, Output, Prefetch, Probe, Unit, Update
+from edit.graph import COMPUTE, DECIDE, Cell, Embed, Exchange, Guide, Head, Input, Output, Prefetch, Probe, Unit, Update
 from edit.runtime.executor import register_kernel
 from edit.runtime.state import RunState
 
@@ -51,6 +51,16 @@ def run_head(state: RunState, node: Head, hidden: torch.Tensor, ctx) -> torch.Te
 @register_kernel(Guide)
 def run_guide(state: RunState, node: Guide, cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
     return uncond + node.scale * (cond - uncond)
+
+
+@register_kernel(Exchange)
+def run_exchange(state: RunState, node: Exchange, cond: torch.Tensor | None = None,
+                 uncond: torch.Tensor | None = None):
+    """Both branches' predictions on every rank: this rank computed its CFG group's branch only."""
+    if state.parallel is None:
+        raise ValueError(f"%{node.name}: this plan is placed over ranks (place(cfg=2)); run it under "
+                         "pipe.enable_parallelism(cfg=2) in every process")
+    return state.parallel.exchange(node, {"cond": cond, "uncond": uncond})
 
 
 @register_kernel(Update)

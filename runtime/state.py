@@ -44,6 +44,7 @@ class RunState:
     adapters: dict[str, Any] = attrs.Factory(dict)  # other model ids -> their adapters
     branch_contexts: bool = True  # run each branch inside the model's cache context (diffusers' hooks)
     effects: dict[Any, Any] = attrs.Factory(dict)  # set by the program: cell -> the keys it reads and writes
+    parallel: Any = None  # a `ParallelRun` when the run spans several ranks (its Exchange nodes' collectives)
 
     def adapter_for(self, model: str) -> Any:
         if model == getattr(self.adapter, "model_id", DEFAULT_MODEL):

@@ -142,6 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "video's PSNR, SSIM and motion error against it (default: off)")
     gen.add_argument("--stats", default="text", choices=["text", "json"],
                      help="how to print the cache stats: text or json (default: text)")
+    gen.add_argument("--parallel", default=None, metavar="LAYOUT",
+                     help="run over several processes started by torchrun: cfg=2 (one CFG branch per group of "
+                          "ranks), sp=N (each forward's tokens over N ranks), or both, e.g. cfg=2,sp=2 with "
+                          "torchrun --nproc-per-node 4 -m edit generate ...; rank 0 prints and writes "
+                          "(default: one process)")
 
     plan = sub.add_parser("plan", help="compile a plan without running it",
                           description="Compile the plan a `generate` call with these flags would run; print its "
@@ -266,8 +271,38 @@ def policy_error(policy: str, err: Exception) -> str:
     return f"--cache {policy}: {first}"
 
 
+#: Ranks other than 0 of a `--parallel` run print and write nothing (rank 0 speaks for the run).
+_QUIET = False
+
+
+def check_parallel(args: argparse.Namespace) -> tuple[int, int] | None:
+    """`--parallel`'s (cfg, sequence), checked against torchrun's variables before the model loads."""
+    global _QUIET
+    if args.parallel is None:
+        return None
+    from edit.runtime.distributed import TORCHRUN_ENV, parse_layout
+
+    try:
+        cfg, sequence = parse_layout(args.parallel)
+    except ValueError as err:
+        raise CliError(f"--parallel: {err}") from None
+    world = cfg * sequence
+    if world > 1:
+        missing = [v for v in TORCHRUN_ENV if v not in os.environ]
+        if missing:
+            raise CliError(f"--parallel: {args.parallel} needs {world} processes; start them with torchrun "
+                           f"--nproc-per-node {world} -m edit generate ... (missing {', '.join(missing)})")
+        if os.environ["WORLD_SIZE"] != str(world):
+            raise CliError(f"--parallel: {args.parallel} needs {world} processes, torchrun started "
+                           f"{os.environ['WORLD_SIZE']}")
+        _QUIET = os.environ["RANK"] != "0"
+    return cfg, sequence
+
+
 def say(text: str = "") -> None:
     """Print to stdout; once stdout is closed (`edit ... | head -1`), carry on silently."""
+    if _QUIET:
+        return
     try:
         print(text, flush=True)
     except BrokenPipeError:
@@ -282,6 +317,7 @@ def generate(args: argparse.Namespace) -> int:
     saved_plan = load_plan_file(args.plan_file)
     saved = saved_policy(args, saved_plan)  # a saved plan with cells runs under the policy that made it
     check_flags(args, planned=saved is not None)
+    layout = check_parallel(args)
     out, plan_path = check_outputs(args)
     render_path = check_drawing(args, "--render", args.render)
     images = read_images(args)
@@ -297,6 +333,11 @@ def generate(args: argparse.Namespace) -> int:
         weights = sum(p.numel() * p.element_size() for p in pipe.transformer.parameters())
         check_request(args, ModelLimits.from_pipeline(pipe), weights, height, width)
     enable_cache(pipe, args, saved)
+    if layout is not None and layout != (1, 1):
+        try:
+            pipe.enable_parallelism(*layout)
+        except (TypeError, ValueError) as err:
+            raise CliError(f"--parallel: {str(err).splitlines()[0].removeprefix('parallel: ')}") from None
     loaded = time.perf_counter() - start
     say(f"loaded {args.model} in {loaded:.2f} s")
 
@@ -306,7 +347,7 @@ def generate(args: argparse.Namespace) -> int:
     pipe.set_progress_bar_config(disable=True)
     plan = saved_plan or compile_plan_for(pipe, args, height=height, width=width, num_frames=args.frames)
     callback = announce_long_run(pipe, plan)
-    if plan_path is not None:
+    if plan_path is not None and not _QUIET:
         drawn, note = write_plan(plan, plan_path, args.level, steps=drawn_steps[0])
         say(f"wrote {drawn} (the plan, level {args.level})")
         notes(note, drawn_steps[1])
@@ -325,6 +366,8 @@ def generate(args: argparse.Namespace) -> int:
     if not np.isfinite(frames).all():  # never hand over a silently wrong video
         raise CliError("--guidance: the run produced non-finite values (NaN/inf); nothing was written")
     data = (np.clip(frames, 0.0, 1.0) * 255).round().astype(np.uint8)
+    if _QUIET:  # every rank holds the same video: rank 0 writes it
+        return 0
     write_video(data, out, args.fps)
     say(f"generated {frames.shape[0]} frames of {frames.shape[2]}x{frames.shape[1]} in {seconds:.2f} s "
         f"({args.steps} steps, {seconds / args.steps * 1000:.1f} ms/step; loading took {loaded:.2f} s more)")

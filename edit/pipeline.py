@@ -417,6 +417,11 @@ class EditWanMixin:
                                   version=tuple(weights_version(m) for m in self._experts().values()))
         group = None if self._parallel is None else self._parallel.group
         if plan is not None:
+            placed = getattr(plan, "fingerprint", {}).get("parallel")
+            wanted = inputs[4].get("parallel")
+            if placed != wanted:
+                raise ValueError(f"plan: it was compiled for {placed or 'one process'}, this pipeline runs "
+                                 f"{wanted or 'in one process'} (pipe.enable_parallelism); compile the plan here")
             check_plan(plan, spec, fingerprint(*inputs[:2], inputs[4], inputs[2].window if inputs[2] else ()))
             return compile_program(plan, group=group), run_policy(plan, self.cache)
         if self._program_cache is None or self._program_cache[0] != inputs:

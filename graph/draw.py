@@ -32,7 +32,7 @@ import graphviz
 from edit.graph.draw_states import TRACE_STATES, _Look, _trace  # noqa: F401  (re-exported)
 from edit.graph.draw_style import (CELL_STYLE, EDGE_STYLE, NODE_STYLE, PREFETCH_COLOR, REUSE_COLOR,  # noqa: F401
                                    RUNTIME_BORDER, _cell_look, _legend)
-from edit.graph.nodes import DATA, REUSE, REUSE_MODE, Cell, Guide, Input, Node, Prefetch, Unit, Update
+from edit.graph.nodes import DATA, REUSE, REUSE_MODE, Cell, Exchange, Guide, Input, Node, Prefetch, Unit, Update
 
 if TYPE_CHECKING:
     from edit.graph.core import Graph
@@ -293,7 +293,7 @@ def _branch_of(key: tuple) -> str | None:
 
 
 def _is_spine(key: tuple) -> bool:
-    return key[0] == "update" or (key[0] == "node" and isinstance(key[1], (Guide, Update)))
+    return key[0] == "update" or (key[0] == "node" and isinstance(key[1], (Exchange, Guide, Update)))
 
 
 def _edge(dot: graphviz.Digraph, level: str, src: tuple, dst: tuple, kind: str, branches: list[str]) -> None:

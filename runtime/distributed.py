@@ -271,11 +271,11 @@ class ParallelRun:
 
 
 def plan_lines(graph: Graph) -> list[str]:
-    """What ranks compare: the pipeline text, the fingerprint and the printed graph, a line each."""
-    lines = [f"pipeline: {getattr(graph, 'pipeline', '')}"]
+    """What ranks compare, a line each: the printed graph (so a difference names its first cell),
+    then the pipeline text and the fingerprint (weights, sizes, ...)."""
     fingerprint = getattr(graph, "fingerprint", {}) or {}
-    lines += [f"fingerprint.{k}: {fingerprint[k]!r}" for k in sorted(fingerprint)]
-    return lines + graph.to_text().splitlines()
+    return (graph.to_text().splitlines() + [f"pipeline: {getattr(graph, 'pipeline', '')}"]
+            + [f"fingerprint.{k}: {fingerprint[k]!r}" for k in sorted(fingerprint)])
 
 
 def first_difference(a: list[str], b: list[str], other: int) -> str:

@@ -498,6 +498,10 @@ def report_run(pipe, plan, args: argparse.Namespace, render_path: Path | None,
             policy = pipe.cache.run_policy or pipe.cache.policy  # a saved plan's own, when one ran
             say(f"cache: {policy.describe()}; passes {plan.pipeline or pipe.cache_pipeline}")
             say(str(pipe.cache.stats))
+            for rank in pipe.cache.stats.ranks or ():  # a --parallel run: what each rank did
+                say(f"  rank {rank['rank']} (CFG group {rank['group']}, shard {rank['shard']}): "
+                    f"{', '.join(rank['branches'])}; computed {rank['computed']}, skipped {rank['skipped']}; "
+                    f"sent {rank['bytes_moved']:,} B outside attention")
     if render_path is not None:
         trace = pipe.cache.stats if args.trace and pipe.cache is not None else None
         drawn, note = write_plan(plan, render_path, args.level, flag="--render", trace=trace, steps=drawn_steps[0])

@@ -54,6 +54,8 @@ class CacheStats:
         self.rows: dict[tuple[str, str, int], list[str]] = {}  # (model, branch, unit) -> a char per step
         self._source = store  # read live until the run ends, then frozen (`freeze_store`)
         self._store: dict[str, Any] | None = None
+        self.ranks: list[dict[str, Any]] | None = None  # a run over several ranks: what each rank did
+        self.local: dict[str, Any] | None = None  # there, this rank's own counters (the rest are merged in)
 
     @property
     def store(self) -> dict[str, Any] | None:
@@ -134,7 +136,8 @@ class CacheStats:
                 "gets": self.gets, "get_seconds": self.get_seconds, "seconds": self.seconds,
                 "store_delta": self.store_delta,
                 "skip_ratio": self.skip_ratio, "steps_skipped": self.steps_skipped,
-                "trace": {":".join(map(str, k)): t for k, t in self.trace.items()}, "store": self.store}
+                "trace": {":".join(map(str, k)): t for k, t in self.trace.items()}, "store": self.store,
+                **({"ranks": self.ranks} if self.ranks is not None else {})}
 
     def __repr__(self) -> str:
         return (f"<CacheStats computed={self.computed} skipped={self.skipped} recomputed={self.recomputed} "

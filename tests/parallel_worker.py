@@ -25,7 +25,20 @@ CACHES = {
     "teacache": ("teacache", dict(rel_l1_thresh=1.0, coefficients=[1.0, 0.0], use_ret_steps=False)),
     "fbcache": ("fbcache", dict(rel_l1_thresh=0.2)),
     "fbcache-per-block": ("fbcache", dict(rel_l1_thresh=0.2, granularity=2)),
+    "wan22-teacache": ("teacache", dict(rel_l1_thresh=1.0, coefficients=[1.0, 0.0], use_ret_steps=False)),
 }
+
+
+def pipeline(scenario: str):
+    """The tiny pipeline of `scenario`: Wan2.1, or Wan2.2 A14B's two experts (`wan22-*`)."""
+    import edit
+
+    comps = edit.tiny_components(seed=0)
+    if scenario.startswith("wan22"):
+        comps.update(transformer_2=edit.tiny_components(seed=1)["transformer"], boundary_ratio=0.875)
+    pipe = edit.EditWanPipeline(**comps)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def generate(pipe, **kwargs):
@@ -35,10 +48,7 @@ def generate(pipe, **kwargs):
 
 def single(scenario: str) -> dict:
     """What one process gives for `scenario`: latents and trace."""
-    import edit
-
-    pipe = edit.tiny_pipeline()
-    pipe.set_progress_bar_config(disable=True)
+    pipe = pipeline(scenario)
     cache = CACHES[scenario]
     if cache is not None:
         policy, kwargs = cache
@@ -99,10 +109,7 @@ def _rank_local_policy(rank: int):
 
 
 def run_scenario(name: str, rank: int, layout: tuple[int, int], out: Path) -> dict:
-    import edit
-
-    pipe = edit.tiny_pipeline()
-    pipe.set_progress_bar_config(disable=True)
+    pipe = pipeline(name)
     pipe.enable_parallelism(*layout, timeout=20)
     result: dict = {}
     if name in CACHES:

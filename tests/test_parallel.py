@@ -65,7 +65,8 @@ def ok(tmp_path: Path, name: str, rank: int) -> dict:
 def cfg_run(tmp_path_factory):
     """Two ranks, one CFG branch each: every cache scenario, the mismatch, the CLI."""
     out = tmp_path_factory.mktemp("cfg")
-    codes = launch(out, (2, 1), ["plain", "teacache", "fbcache", "fbcache-per-block", "mismatch", "cli"])
+    codes = launch(out, (2, 1), ["plain", "teacache", "fbcache", "fbcache-per-block", "wan22-teacache", "mismatch",
+                                 "cli"])
     assert codes == [0, 0], codes
     return out
 
@@ -79,7 +80,7 @@ def sp_run(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("scenario", ["plain", "teacache", "fbcache", "fbcache-per-block"])
+@pytest.mark.parametrize("scenario", ["plain", "teacache", "fbcache", "fbcache-per-block", "wan22-teacache"])
 def test_cfg_parallel_equals_one_process(cfg_run, scenario):
     ref = worker.single(scenario)
     if ref["trace"] is not None:  # the cache did skip: the comparison covers reuse
@@ -87,12 +88,15 @@ def test_cfg_parallel_equals_one_process(cfg_run, scenario):
     ranks = [ok(cfg_run, scenario, r) for r in range(2)]
     for out in ranks:
         assert torch.equal(out["latents"], ref["latents"])
+    assert ranks[0]["text"] == ranks[1]["text"]  # one folded plan, on every rank
     if ref["trace"] is not None:
         assert ranks[0]["trace"] == ranks[1]["trace"] == ref["trace"]  # gathered: the whole run on every rank
         assert [r["branches"] for r in ranks[0]["ranks"]] == [["cond"], ["uncond"]]
+        assert all(c in "CS" for t in ref["trace"].values() for c in t)
         assert ranks[0]["computed"] + ranks[0]["skipped"] == sum(len(t) for t in ref["trace"].values())
         for rank, out in enumerate(ranks):  # each rank stored only its own branch's residuals
-            assert out["keys"] and {k[3] for k in out["keys"]} == {("cond", "uncond")[rank]}, out["keys"]
+            branches = {k[k.index("cond" if "cond" in k else "uncond")] for k in out["keys"]}
+            assert out["keys"] and branches == {("cond", "uncond")[rank]}, out["keys"]
 
 
 def test_the_placed_plan_prints_its_exchange(cfg_run):

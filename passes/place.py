@@ -53,19 +53,5 @@ class Place(Pass):
     cfg: int = attrs.field(default=1, validator=_degree)
     sequence: int = attrs.field(default=1, validator=_degree)
 
-    @property
-    def world_size(self) -> int:
-        return self.cfg * self.sequence
-
     def run(self, graph: Graph) -> Graph:
         return place(graph, self.cfg)
-
-
-def placement_of(pipeline: str) -> Place | None:
-    """The `place` pass a plan's pipeline text names (None: the plan runs on one rank)."""
-    from edit.passes.base import Pipeline
-
-    if "place" not in pipeline:
-        return None
-    found = [p for p in Pipeline.parse(pipeline).passes if isinstance(p, Place)]
-    return found[-1] if found else None

@@ -68,6 +68,7 @@ class EditWanMixin:
         self._enabled_steps: int | None = None
         self.pass_records: list = []
         self._parallel = None  # a ParallelRun after enable_parallelism
+        self._compiler = None  # a runtime.compiled.Compiler after enable_compile
 
     def _conditioning(self) -> tuple[str | None, bool]:
         """(`RunSpec.condition`, `RunSpec.image_embeds`) of this pipeline's calls: text only."""
@@ -104,7 +105,7 @@ class EditWanMixin:
         if self.transformer is None:
             raise ValueError("transformer: EditWanPipeline needs a `transformer` component")
         if getattr(self, "_adapter", None) is None or self._adapter.model is not self.transformer:
-            self._adapter = self._sharded(WanAdapter(self.transformer))
+            self._adapter = self._wrapped(WanAdapter(self.transformer))
         return self._adapter
 
     @property
@@ -115,18 +116,53 @@ class EditWanMixin:
         out = {self.adapter.model_id: self.adapter}
         if self.config.boundary_ratio is not None:
             if getattr(self, "_adapter_2", None) is None or self._adapter_2.model is not self.transformer_2:
-                self._adapter_2 = self._sharded(WanAdapter(self.transformer_2, model_id="transformer_2"))
+                self._adapter_2 = self._wrapped(WanAdapter(self.transformer_2, model_id="transformer_2"))
             out["transformer_2"] = self._adapter_2
         return out
 
-    def _sharded(self, adapter: WanAdapter) -> Any:
-        """`adapter`, on this rank's shard of the tokens under sequence parallelism."""
+    def _wrapped(self, adapter: WanAdapter) -> Any:
+        """`adapter` with its regions compiled (`enable_compile`), on this rank's shard of the
+        tokens under sequence parallelism."""
+        compiler = getattr(self, "_compiler", None)
+        if compiler is not None:
+            adapter = compiler.adapter(adapter)
         parallel = getattr(self, "_parallel", None)
         if parallel is None or parallel.sequence == 1:
             return adapter
         from edit.runtime.distributed import ShardedAdapter
 
         return ShardedAdapter(adapter, parallel)
+
+    # -- compiled plans -----------------------------------------------------------------------
+    def enable_compile(self, mode: str = "default", *, fullgraph: bool = True) -> Any:
+        """Run plans as compiled regions: the embed, each run of n blocks (with its residual in a
+        cell), a reuse's add and the head are each `torch.compile(fullgraph=True)`d once and reused
+        at every step and branch (`edit.runtime.compiled`); the first call compiles, later calls of
+        the same sizes compile nothing. `mode`: torch.compile's ("reduce-overhead" captures CUDA
+        graphs on a GPU). After each call `pipe.compile_stats` (and `pipe.cache.stats.compile`)
+        gives the graphs compiled, graph breaks and recompiles. Returns the `Compiler`."""
+        from edit.runtime.compiled import Compiler
+
+        if not isinstance(fullgraph, bool):
+            raise TypeError(f"fullgraph: expected a bool, got {type(fullgraph).__name__}")
+        if self._parallel is not None and self._parallel.sequence > 1:
+            raise ValueError("mode: compiled plans do not run sequence-parallel yet (the shards' collectives sit "
+                             "inside the regions); use cfg parallelism alone, or no compile")
+        self._compiler = Compiler(mode, fullgraph=fullgraph)
+        self._adapter = self._adapter_2 = None  # made again, compiled
+        self._program_cache = None
+        return self._compiler
+
+    def disable_compile(self) -> None:
+        """Back to eager regions."""
+        self._compiler = None
+        self._adapter = self._adapter_2 = None
+        self._program_cache = None
+
+    @property
+    def compile_stats(self) -> Any:
+        """The compile counters of the last call (`CompileStats`; None without `enable_compile`)."""
+        return None if self._compiler is None else self._compiler.stats
 
     # -- several ranks ------------------------------------------------------------------------
     def enable_parallelism(self, cfg: int = 1, sequence: int = 1, *, backend: str | None = None,
@@ -141,6 +177,8 @@ class EditWanMixin:
         `ParallelRun` (`pipe.parallel`)."""
         from edit.runtime.distributed import setup, shard_attention
 
+        if sequence != 1 and self._compiler is not None:
+            raise ValueError("sequence: compiled plans do not run sequence-parallel yet; pipe.disable_compile() first")
         parallel = setup(cfg, sequence, backend=backend, timeout=timeout)
         if parallel.device.type != "cpu":
             self.to(parallel.device)
@@ -543,7 +581,14 @@ class EditWanMixin:
                 cache.agree = parallel.agree_decision if parallel.sequence > 1 else None
                 cache.residuals.owner = parallel.shard_owner(cache.residuals.owner)
                 parallel.resume_stats(cache.stats)
+            compiler = self._compiler
+            if compiler is not None:
+                compiler.begin_call()
             latents = program.run(state)
+            if compiler is not None:
+                compiled = compiler.end_call()
+                if cache is not None:
+                    cache.stats.compile = attrs.evolve(compiled)
         self._current_timestep = None
         if cache is not None:
             cache.end_run()

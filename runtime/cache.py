@@ -56,6 +56,7 @@ class CacheStats:
         self._store: dict[str, Any] | None = None
         self.ranks: list[dict[str, Any]] | None = None  # a run over several ranks: what each rank did
         self.local: dict[str, Any] | None = None  # there, this rank's own counters (the rest are merged in)
+        self.compile: Any = None  # a compiled run (pipe.enable_compile): its CompileStats
 
     @property
     def store(self) -> dict[str, Any] | None:
@@ -137,7 +138,8 @@ class CacheStats:
                 "store_delta": self.store_delta,
                 "skip_ratio": self.skip_ratio, "steps_skipped": self.steps_skipped,
                 "trace": {":".join(map(str, k)): t for k, t in self.trace.items()}, "store": self.store,
-                **({"ranks": self.ranks} if self.ranks is not None else {})}
+                **({"ranks": self.ranks} if self.ranks is not None else {}),
+                **({"compile": self.compile.as_dict()} if self.compile is not None else {})}
 
     def __repr__(self) -> str:
         return (f"<CacheStats computed={self.computed} skipped={self.skipped} recomputed={self.recomputed} "

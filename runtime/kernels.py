@@ -83,8 +83,16 @@ class ProbeOutput:
 
 @register_kernel(Probe)
 def run_probe(state: RunState, node: Probe, hidden: torch.Tensor, ctx) -> ProbeOutput:
-    out = state.adapter_for(node.model).run_blocks(node.blocks[0], node.blocks[1], hidden, ctx)
-    return ProbeOutput(out, out - hidden)
+    return ProbeOutput(*_blocks_residual(state.adapter_for(node.model), node.blocks, hidden, ctx))
+
+
+def _blocks_residual(adapter, blocks: tuple[int, int], hidden: torch.Tensor, ctx) -> tuple[torch.Tensor, torch.Tensor]:
+    """(blocks' output, output - hidden): one compiled region where the adapter has it."""
+    fused = getattr(adapter, "run_blocks_residual", None)
+    if fused is not None:
+        return fused(blocks[0], blocks[1], hidden, ctx)
+    out = adapter.run_blocks(blocks[0], blocks[1], hidden, ctx)
+    return out, out - hidden
 
 
 @register_kernel(Prefetch)
@@ -134,21 +142,20 @@ def run_cell(state: RunState, node: Cell, hidden: torch.Tensor, ctx, probe: torc
         raise ValueError(f"%{node.name}: run it through its Program (compile_program), which knows the keys it "
                          "reads and writes")
     if compute:
-        out = adapter.run_blocks(node.blocks[0], node.blocks[1], hidden, ctx)
-        residual = out - hidden
+        out, residual = _blocks_residual(adapter, node.blocks, hidden, ctx)
         saves = fx.compute_writes
     else:
         residual = _load(cache, fx.reads, hidden)
         if residual is None:
             # a miss (evicted, corrupted, another shape or timestep; nothing kept by the window):
             # recompute, so the unit is still exact
-            out = adapter.run_blocks(node.blocks[0], node.blocks[1], hidden, ctx)
-            residual = out - hidden
+            out, residual = _blocks_residual(adapter, node.blocks, hidden, ctx)
             saves = fx.miss_writes
             cache.stats.recomputed += 1
             cache.stats.recomputed_cells.append(node.cell)
         else:
-            out = hidden + residual
+            add = getattr(adapter, "add_residual", None)
+            out = hidden + residual if add is None else add(hidden, residual)
             saves = fx.reuse_writes
     for key in saves:
         store.put(key, residual)

@@ -1,0 +1,131 @@
+"""Schedule search as a shortest path over the steps (LeMiCa's view, solved exactly). Torch-free.
+
+Nodes are the denoising steps 0..n-1 and a terminal n. An edge i -> j (i < j) means: compute at
+step i, reuse its residual at steps i+1..j-1, compute again at j (or end, j = n). Its cost is the
+error that reuse causes, measured once on calibration runs (`edit.search`). A schedule with B
+computed steps is a path 0 -> ... -> n of B edges; step 0 always computes (nothing to reuse yet).
+
+`solve` finds the path of at most `budget` edges minimising the sum of its edge costs, or their
+maximum (minimax), by dynamic programming over (edges used, node) in O(n^2 * budget): exact for
+both objectives. `brute_force` enumerates every schedule, for tests on small n.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+
+import attrs
+
+OBJECTIVES = ("sum", "max")
+
+
+@attrs.frozen
+class Schedule:
+    """A searched schedule: the `computed` steps (ascending, step 0 first), its `edges` (i, j) with
+    their predicted costs, and the objective's value."""
+
+    num_steps: int
+    computed: tuple[int, ...]
+    edge_costs: tuple[tuple[int, int, float], ...]
+    objective: str
+    value: float
+
+    @property
+    def reused(self) -> tuple[int, ...]:
+        return tuple(s for s in range(self.num_steps) if s not in set(self.computed))
+
+    @property
+    def budget(self) -> int:
+        return len(self.computed)
+
+
+def check_costs(costs: Mapping[tuple[int, int], float], num_steps: int) -> None:
+    """Every edge i -> j (0 <= i < j <= num_steps) needs a finite cost >= 0."""
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+        raise ValueError(f"num_steps: expected an int >= 1, got {num_steps!r}")
+    for i in range(num_steps):
+        for j in range(i + 1, num_steps + 1):
+            c = costs.get((i, j))
+            if c is None:
+                raise ValueError(f"costs: no cost for the edge {i} -> {j} (compute at {i}, reuse until {j})")
+            if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) or c < 0:
+                raise ValueError(f"costs: edge {i} -> {j} has cost {c!r}; expected a finite number >= 0")
+
+
+def _check(budget: int, objective: str, num_steps: int) -> None:
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective: expected one of {OBJECTIVES}, got {objective!r}")
+    if isinstance(budget, bool) or not isinstance(budget, int) or not 1 <= budget <= num_steps:
+        raise ValueError(f"budget: expected an int from 1 (step 0 alone computes) to {num_steps} (every step), "
+                         f"got {budget!r}")
+
+
+def _combine(objective: str, acc: float, cost: float) -> float:
+    return acc + cost if objective == "sum" else max(acc, cost)
+
+
+def _schedule(num_steps: int, path: Sequence[int], costs: Mapping, objective: str, value: float) -> Schedule:
+    edges = tuple((i, j, float(costs[(i, j)])) for i, j in zip(path, path[1:]))
+    return Schedule(num_steps, tuple(path[:-1]), edges, objective, float(value))
+
+
+def solve(costs: Mapping[tuple[int, int], float], num_steps: int, budget: int, objective: str = "sum") -> Schedule:
+    """The schedule of at most `budget` computed steps whose edge costs have the least sum (or
+    maximum). Ties go to fewer computes, then to the earlier path in lexicographic order."""
+    check_costs(costs, num_steps)
+    _check(budget, objective, num_steps)
+    n = num_steps
+    inf = math.inf
+    # best[e][j]: the least value of a path 0 -> j of e edges; back[e][j]: its previous node
+    best = [[inf] * (n + 1) for _ in range(budget + 1)]
+    back = [[-1] * (n + 1) for _ in range(budget + 1)]
+    best[0][0] = 0.0
+    for e in range(1, budget + 1):
+        row, prev = best[e], best[e - 1]
+        for j in range(1, n + 1):
+            for i in range(j):
+                if prev[i] == inf:
+                    continue
+                value = _combine(objective, prev[i], costs[(i, j)])
+                if value < row[j]:
+                    row[j], back[e][j] = value, i
+    edges = min(range(1, budget + 1), key=lambda e: (best[e][n], e))
+    path = [n]
+    for e in range(edges, 0, -1):
+        path.append(back[e][path[-1]])
+    path.reverse()
+    return _schedule(n, path, costs, objective, best[edges][n])
+
+
+def brute_force(costs: Mapping[tuple[int, int], float], num_steps: int, budget: int,
+                objective: str = "sum") -> Schedule:
+    """`solve` by enumerating every schedule of at most `budget` computes (small `num_steps` only)."""
+    check_costs(costs, num_steps)
+    _check(budget, objective, num_steps)
+    found = None
+    for b in range(1, budget + 1):
+        for rest in itertools.combinations(range(1, num_steps), b - 1):
+            path = [0, *rest, num_steps]
+            value = 0.0
+            for i, j in zip(path, path[1:]):
+                value = _combine(objective, value, costs[(i, j)])
+            if found is None or value < found[0]:
+                found = (value, path)
+    return _schedule(num_steps, found[1], costs, objective, found[0])
+
+
+def combine_costs(per_prompt: Sequence[Mapping[tuple[int, int], float]], how: str = "mean") -> dict:
+    """One cost per edge over several calibration prompts: their `mean` or worst case (`max`)."""
+    if how not in ("mean", "max"):
+        raise ValueError(f"how: expected 'mean' or 'max', got {how!r}")
+    if not per_prompt:
+        raise ValueError("per_prompt: expected the edge costs of at least one prompt")
+    keys = set(per_prompt[0])
+    for costs in per_prompt[1:]:
+        if set(costs) != keys:
+            raise ValueError("per_prompt: every prompt's costs must cover the same edges")
+    if how == "mean":
+        return {k: sum(c[k] for c in per_prompt) / len(per_prompt) for k in sorted(keys)}
+    return {k: max(c[k] for c in per_prompt) for k in sorted(keys)}

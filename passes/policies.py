@@ -227,3 +227,6 @@ class PerModel(CachePolicy):
         models = {m: {k: v for k, v in p.params().items() if default.get(k) != v or k in self.models[m]}
                   for m, p in self.by_model.items()}
         return {"base": self.base, "args": default, "models": models}
+
+
+from edit.passes.magcache import MagCache  # noqa: E402  (registers "magcache"; its module needs this one's base)

@@ -10,17 +10,18 @@
 0.3333333432674408
 """
 
-from edit.passes.policies import TEACACHE_COEFFICIENTS, FirstBlockCache, NoCache, TeaCache
+from edit.passes.policies import TEACACHE_COEFFICIENTS, FirstBlockCache, MagCache, NoCache, TeaCache
 from edit.passes.policy import (REGISTRY, CacheContext, CachePolicy, PolicyState, make_policy, register_policy,
                                 relative_l1)
 from edit.cache.transformer import apply_cache_on_transformer, remove_cache_from_transformer
-from edit.cache.calibrate import TeaCacheCalibration, calibrate_teacache
+from edit.cache.calibrate import MagCacheCalibration, TeaCacheCalibration, calibrate_magcache, calibrate_teacache
 from edit.runtime.cache import HOOK_EVENTS, CacheController, CacheStats, UnitEvent
 from edit.runtime.store import (CacheStore, CPUStore, DiskStore, GPUStore, StoreStats, TieredStats, TieredStore,
                                 TierStats)
 
 __all__ = ["HOOK_EVENTS", "REGISTRY", "TEACACHE_COEFFICIENTS", "CPUStore", "CacheContext", "CacheController",
-           "CachePolicy", "CacheStats", "CacheStore", "DiskStore", "FirstBlockCache", "GPUStore", "StoreStats",
+           "CachePolicy", "CacheStats", "CacheStore", "DiskStore", "FirstBlockCache", "GPUStore", "MagCache",
+           "MagCacheCalibration", "StoreStats",
            "TierStats", "TieredStats", "TieredStore", "NoCache", "PolicyState", "TeaCache", "TeaCacheCalibration",
-           "UnitEvent", "calibrate_teacache", "make_policy",
+           "UnitEvent", "calibrate_magcache", "calibrate_teacache", "make_policy",
            "apply_cache_on_transformer", "register_policy", "relative_l1", "remove_cache_from_transformer"]

@@ -116,3 +116,75 @@ def calibrate_teacache(pipe, prompts: str | list[str], *, num_inference_steps: i
         fits[model] = TeaCacheCalibration(coefficients, use_ret_steps, tuple(xs), tuple(ys), model)
     first = fits[pipe.adapter.model_id]
     return attrs.evolve(first, models=fits) if len(fits) > 1 else first
+
+
+@attrs.frozen
+class MagCacheCalibration:
+    """MagCache's per-step magnitude ratios of `model` (`ratios[t]`: mean over tokens of
+    |residual_t| / |residual_{t-1}|, 1.0 at step 0), averaged over the calibration prompts and the
+    CFG branches; `per_run` keeps each (prompt, branch) run's own list."""
+
+    ratios: tuple[float, ...]
+    per_run: tuple[tuple[float, ...], ...] = attrs.field(eq=False, repr=False)
+    model: str = "transformer"
+
+    def policy_kwargs(self, num_inference_steps: int | None = None) -> dict[str, Any]:
+        """What to pass to `enable_cache("magcache", threshold=..., **kwargs)`; with
+        `num_inference_steps`, the ratios resampled to it by nearest index (as MagCache does)."""
+        from edit.passes.magcache import nearest_interp
+
+        ratios = self.ratios if num_inference_steps is None else nearest_interp(self.ratios, num_inference_steps)
+        return {"mag_ratios": tuple(float(r) for r in ratios)}
+
+
+def calibrate_magcache(pipe, prompts: str | list[str], *, num_inference_steps: int = 50, seed: int = 0,
+                       **call_kwargs: Any) -> MagCacheCalibration:
+    """Run `pipe` uncached on each prompt (seed, seed+1, ...) and measure MagCache's magnitude
+    ratios, as diffusers' `MagCacheConfig(calibrate=True)` does for one run: per step, the mean over
+    tokens of the norm of the stack's residual over the previous step's (+1e-8), 1.0 at step 0;
+    averaged over prompts and CFG branches. One model only (a Wan2.2 pipeline: ValueError)."""
+    from edit.checks import check_int
+    from edit.pipeline import EditWanMixin
+
+    if not isinstance(pipe, EditWanMixin):
+        raise TypeError(f"pipe: expected an EditWanPipeline, got {type(pipe).__name__}")
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not prompts or not all(isinstance(p, str) for p in prompts):
+        raise ValueError("prompts: expected a prompt or a non-empty list of prompts")
+    if len(pipe.adapters) > 1:
+        raise ValueError("pipe: calibrate_magcache measures one model; this pipeline runs two experts")
+    check_int(num_inference_steps, "num_inference_steps", low=2, what=" (ratios are step-to-step)")
+    for reserved in ("output_type", "generator", "num_inference_steps", "prompt"):
+        if reserved in call_kwargs:
+            raise ValueError(f"{reserved}: set by calibrate_magcache; not allowed in call_kwargs")
+
+    runs: dict[tuple[int, str], list[float]] = {}
+    previous: dict[str, torch.Tensor] = {}
+    inputs: dict[str, torch.Tensor] = {}
+    prompt_index = [0]
+
+    def before_unit(event) -> None:
+        inputs[event.branch] = event.hidden
+
+    def after_unit(event) -> None:
+        residual = event.output - inputs.pop(event.branch)
+        prev = previous.get(event.branch)
+        if prev is None:
+            ratio = 1.0
+        else:
+            ratio = (torch.linalg.norm(residual.float(), dim=-1)
+                     / (torch.linalg.norm(prev.float(), dim=-1) + 1e-8)).mean().item()
+        runs.setdefault((prompt_index[0], event.branch), []).append(ratio)
+        previous[event.branch] = residual
+
+    with pipe.cache_enabled(_Record(), fold=False, num_inference_steps=num_inference_steps) as cache:
+        cache.add_hook("before_unit", before_unit)
+        cache.add_hook("after_unit", after_unit)
+        for i, prompt in enumerate(prompts):
+            previous.clear()
+            prompt_index[0] = i
+            pipe(prompt, num_inference_steps=num_inference_steps, output_type="latent",
+                 generator=torch.Generator("cpu").manual_seed(seed + i), **call_kwargs)
+    per_run = tuple(tuple(r) for _, r in sorted(runs.items()))
+    ratios = tuple(float(np.mean(col)) for col in zip(*per_run))
+    return MagCacheCalibration(ratios, per_run, pipe.adapter.model_id)

@@ -20,7 +20,7 @@ _LAZY = {"EditWanPipeline": "edit.pipeline", "EditWanImageToVideoPipeline": "edi
          "tiny_components": "edit.tiny", "tiny_pipeline": "edit.tiny", "tiny_i2v_components": "edit.tiny",
          "tiny_i2v_pipeline": "edit.tiny",
          "toy_components": "edit.toy.model", "toy_pipeline": "edit.toy.model"}
-_SUBMODULES = ("cache", "cli", "metrics", "pipeline", "pipeline_i2v", "tiny", "toy")
+_SUBMODULES = ("cache", "cli", "metrics", "pipeline", "pipeline_i2v", "search", "tiny", "toy")
 
 
 def __getattr__(name: str) -> Any:

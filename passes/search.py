@@ -129,3 +129,52 @@ def combine_costs(per_prompt: Sequence[Mapping[tuple[int, int], float]], how: st
     if how == "mean":
         return {k: sum(c[k] for c in per_prompt) / len(per_prompt) for k in sorted(keys)}
     return {k: max(c[k] for c in per_prompt) for k in sorted(keys)}
+
+
+def _edge_text(edges) -> str:
+    return repr([[int(i), int(j), float(c)] for i, j, c in edges])
+
+
+def _edges(value) -> tuple[tuple[int, int, float], ...]:
+    return tuple((int(i), int(j), float(c)) for i, j, c in value)
+
+
+from edit.passes.base import Pass, register_pass  # noqa: E402  (below the torch-free solver it serves)
+
+
+@register_pass
+@attrs.frozen
+class Searched(Pass):
+    """A searched schedule as a pass: every cell of a step that is not in `computed` reuses (the
+    residual of the latest computed step), the rest compute. `edges` records each reuse edge
+    (i, j) with its predicted error, and `objective` what was minimised, so the plan says where it
+    came from: `searched(computed=[0, 1, 3], edges=[[0, 1, 0.0], [1, 3, 0.0012], [3, 4, 0.0]],
+    objective='sum')`."""
+
+    name = "searched"
+    computed: tuple[int, ...] = attrs.field(converter=lambda v: tuple(int(s) for s in v),
+                                            metadata={"text": lambda v: repr(list(v)), "always": True})
+    edges: tuple[tuple[int, int, float], ...] = attrs.field(default=(), converter=_edges,
+                                                            metadata={"text": _edge_text})
+    objective: str = "sum"
+
+    def __attrs_post_init__(self) -> None:
+        if not self.computed or self.computed[0] != 0 or list(self.computed) != sorted(set(self.computed)):
+            raise ValueError(f"computed: expected ascending steps starting at 0 (step 0 always computes), "
+                             f"got {list(self.computed)!r}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective: expected one of {OBJECTIVES}, got {self.objective!r}")
+
+    @classmethod
+    def of(cls, schedule: Schedule) -> Searched:
+        return cls(schedule.computed, schedule.edge_costs, schedule.objective)
+
+    def run(self, graph):
+        from edit.passes.edit import set_cells
+
+        steps = graph.spec.num_steps
+        if self.computed[-1] >= steps:
+            raise ValueError(f"computed: step {self.computed[-1]} is past this plan's {steps} steps")
+        reused = [s for s in range(steps) if s not in set(self.computed)]
+        graph = set_cells(graph, "compute", steps=list(self.computed), missing="ignore")
+        return set_cells(graph, "reuse", steps=reused, missing="ignore") if reused else graph

@@ -11,7 +11,7 @@ import pytest
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 DOCTEST_MODULES = ["edit", "edit.graph", "edit.pipeline", "edit.passes.base", "edit.passes.policy",
-                   "edit.passes.apply_policy"]
+                   "edit.passes.apply_policy", "edit.search"]
 
 
 @pytest.mark.parametrize("name", DOCTEST_MODULES)

@@ -1,0 +1,267 @@
+"""`edit.search`: the best static schedule for a compute budget, from measured reuse errors.
+
+1. Calibration (`measure_edges`): one uncached run per prompt and seed records, at every step, the
+   latents, the scheduler's state and each CFG branch's stack residual. Then, for every edge
+   i -> j (compute at step i, reuse its residual at steps i+1..j-1), the run is replayed from the
+   exact latents after step i with the reuse — an embed and a head per reused step, no blocks —
+   and the edge's cost is the mean squared difference of the latents it arrives at (before step
+   j; the final latents for j = n) from the exact ones. The replay calls the runtime's own
+   kernels, so a plan with that one reuse edge reaches exactly those latents: predicted and
+   measured errors are equal where the model is exact (one edge at a time).
+2. Search (`search`): the costs over the prompts (mean or worst case) go to the exact dynamic
+   programme of `edit.passes.search` (sum or minimax objective, at most `budget` computed steps);
+   the schedule becomes a folded plan through the `searched(...)` pass, which records every edge's
+   predicted error in the plan's pipeline text: it prints, renders, saves and replays.
+
+Costs are cached to a file keyed by everything they depend on, so a second search reruns nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+
+from edit.graph import Embed, Guide, Head, Plan, Update
+from edit.passes.search import OBJECTIVES, Schedule, Searched, combine_costs, solve
+
+
+@attrs.frozen
+class EdgeCosts:
+    """Measured reuse errors: `per_prompt[p][(i, j)]` for calibration run p (prompt and seed)."""
+
+    num_steps: int
+    prompts: tuple[str, ...]
+    seeds: tuple[int, ...]
+    per_prompt: tuple[dict, ...] = attrs.field(eq=False, repr=False)
+    runs: int = 0  # uncached runs this object cost (0 when read from the cache file)
+
+    def combined(self, over: str = "mean") -> dict:
+        return combine_costs(list(self.per_prompt), over)
+
+
+def edge_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The cost of an edge: the mean squared difference of two latents, in float64."""
+    return float((a.double() - b.double()).pow(2).mean())
+
+
+def _check_prompts(prompts: Any, seeds: Any) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    prompts = (prompts,) if isinstance(prompts, str) else tuple(prompts)
+    if not prompts or not all(isinstance(p, str) and p for p in prompts):
+        raise ValueError("prompts: expected a prompt or a non-empty list of prompts")
+    seeds = tuple(range(len(prompts))) if seeds is None else tuple(seeds)
+    if len(seeds) != len(prompts) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
+                                             for s in seeds):
+        raise ValueError(f"seeds: expected one int >= 0 per prompt ({len(prompts)}), got {list(seeds)!r}")
+    return prompts, seeds
+
+
+def _cache_key(pipe, prompts, seeds, num_inference_steps: int, call_kwargs: dict) -> str:
+    from edit.runtime.fingerprint import weights_version
+
+    shape_plan = pipe.compile(num_inference_steps, call_kwargs.get("guidance_scale", 5.0),
+                              **{k: call_kwargs[k] for k in ("height", "width", "num_frames") if k in call_kwargs})
+    fingerprint = {k: v for k, v in shape_plan.fingerprint.items()}
+    fingerprint["versions"] = [repr(weights_version(m)) for m in pipe._experts().values()]
+    blob = json.dumps({"prompts": prompts, "seeds": seeds, "steps": num_inference_steps, "call": call_kwargs,
+                       "fingerprint": fingerprint}, sort_keys=True, default=repr)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def measure_edges(pipe, prompts: str | Sequence[str], *, num_inference_steps: int = 30,
+                  seeds: Sequence[int] | None = None, cache_file: str | os.PathLike | None = None,
+                  progress: bool = False, **call_kwargs: Any) -> EdgeCosts:
+    """The cost of every reuse edge on each prompt's exact trajectory (see the module's text):
+    `len(prompts)` uncached runs, each followed by n(n-1)/2 cheap replays. `call_kwargs` go to the
+    pipeline call (height, width, num_frames, guidance_scale, negative_prompt). With `cache_file`,
+    costs measured before for the same model, prompts, seeds and call are read back instead."""
+    from edit.checks import check_int
+    from edit.pipeline import EditWanMixin
+
+    if not isinstance(pipe, EditWanMixin):
+        raise TypeError(f"pipe: expected an EditWanPipeline, got {type(pipe).__name__}")
+    prompts, seeds = _check_prompts(prompts, seeds)
+    check_int(num_inference_steps, "num_inference_steps", low=2, what=" (an edge spans two steps)")
+    for reserved in ("output_type", "generator", "num_inference_steps", "prompt", "callback_on_step_end", "plan"):
+        if reserved in call_kwargs:
+            raise ValueError(f"{reserved}: set by the search; not allowed in call_kwargs")
+    if len(pipe.adapters) > 1:
+        raise ValueError("pipe: the search measures one model's steps; this pipeline runs two experts")
+    key = None
+    if cache_file is not None:
+        key = _cache_key(pipe, prompts, seeds, num_inference_steps, call_kwargs)
+        found = _read_cache(Path(cache_file), key)
+        if found is not None:
+            return EdgeCosts(num_inference_steps, prompts, seeds, found)
+    per_prompt = []
+    bar = _progress(len(prompts), progress)
+    for prompt, seed in zip(prompts, seeds):
+        per_prompt.append(_one_prompt(pipe, prompt, seed, num_inference_steps, call_kwargs))
+        bar.update()
+    bar.close()
+    costs = EdgeCosts(num_inference_steps, prompts, seeds, tuple(per_prompt), runs=len(prompts))
+    if cache_file is not None:
+        _write_cache(Path(cache_file), key, costs)
+    return costs
+
+
+def _progress(total: int, show: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="calibration runs", unit="run", disable=not show)
+
+
+def _one_prompt(pipe, prompt: str, seed: int, steps: int, call_kwargs: dict) -> dict:
+    from edit.cache.calibrate import _Record
+    from edit.runtime.kernels import run_embed, run_guide, run_head, run_update
+    from edit.runtime.state import RunState
+
+    residuals: dict[tuple[int, str], torch.Tensor] = {}
+    hidden_in: dict[str, torch.Tensor] = {}
+    after: list[tuple[torch.Tensor, Any]] = []  # the exact latents after each step, the scheduler then
+    texts: dict[str, torch.Tensor] = {}
+
+    def before_unit(event) -> None:
+        hidden_in[event.branch] = event.hidden
+
+    def after_unit(event) -> None:
+        residuals[(event.step, event.branch)] = event.output - hidden_in.pop(event.branch)
+
+    def step_end(p, step, t, kwargs):
+        texts["cond"], texts["uncond"] = kwargs["prompt_embeds"], kwargs.get("negative_prompt_embeds")
+        after.append((kwargs["latents"], copy.deepcopy(p.scheduler)))
+        return {}
+
+    with pipe.cache_enabled(_Record(), fold=False, num_inference_steps=steps) as cache:
+        cache.add_hook("before_unit", before_unit)
+        cache.add_hook("after_unit", after_unit)
+        pipe(prompt, num_inference_steps=steps, output_type="latent", callback_on_step_end=step_end,
+             callback_on_step_end_tensor_inputs=["latents", "prompt_embeds", "negative_prompt_embeds"],
+             generator=torch.Generator("cpu").manual_seed(seed), **call_kwargs)
+        spec = pipe.compile(steps, call_kwargs.get("guidance_scale", 5.0),
+                            **{k: call_kwargs[k] for k in ("height", "width", "num_frames") if k in call_kwargs}).spec
+    dtype = pipe.transformer.dtype
+    inputs = {f"text.{b}": texts[b].to(dtype) for b in spec.branches}
+    timesteps = after[0][1].timesteps
+    costs = {}
+    with torch.no_grad():
+        for i in range(steps):
+            costs[(i, i + 1)] = 0.0
+            if i + 1 == steps:
+                break
+            latents, scheduler = after[i][0], copy.deepcopy(after[i][1])
+            state = RunState(adapter=pipe.adapter, scheduler=scheduler, timesteps=timesteps, inputs=inputs,
+                             expand_timesteps=bool(pipe.config.expand_timesteps))
+            for k in range(i + 1, steps):
+                noise = {}
+                for branch in spec.branches:
+                    ctx = run_embed(state, Embed(k, branch), latents=latents, text=inputs[f"text.{branch}"])
+                    hidden = ctx.hidden + residuals[(i, branch)].to(ctx.hidden.device)
+                    noise[branch] = run_head(state, Head(k, branch), hidden=hidden, ctx=ctx)
+                if len(spec.branches) == 2:
+                    noise = run_guide(state, Guide(k, spec.guidance_at(k)), cond=noise["cond"],
+                                      uncond=noise["uncond"])
+                else:
+                    noise = noise["cond"]
+                latents = run_update(state, Update(k), noise=noise, latents=latents)
+                costs[(i, k + 1)] = edge_error(latents, after[k][0])
+    return costs
+
+
+def _read_cache(path: Path, key: str) -> tuple[dict, ...] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    entry = data.get(key) if isinstance(data, dict) else None
+    if not isinstance(entry, list):
+        return None
+    return tuple({(int(i), int(j)): float(c) for i, j, c in run} for run in entry)
+
+
+def _write_cache(path: Path, key: str, costs: EdgeCosts) -> None:
+    from edit.graph.planio import write_text
+
+    try:
+        data = json.loads(path.read_text())
+        data = data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        data = {}
+    data[key] = [[[i, j, c] for (i, j), c in sorted(run.items())] for run in costs.per_prompt]
+    write_text(path, json.dumps(data))
+
+
+@attrs.frozen
+class SearchResult:
+    """The searched `plan`, its `schedule` (computed steps, edges with predicted errors, value), the
+    `costs` it was searched on, and each prompt's own best schedule at the budget (`per_prompt`)
+    with the shared schedule's value on that prompt (`shared_on_prompt`)."""
+
+    plan: Plan
+    schedule: Schedule
+    costs: EdgeCosts = attrs.field(repr=False)
+    per_prompt: tuple[Schedule, ...] = attrs.field(repr=False)
+    shared_on_prompt: tuple[float, ...]
+
+
+def budget_steps(budget: int | float, num_steps: int) -> int:
+    """Computed steps for `budget`: an int >= 1 is a count, a float in (0, 1] a fraction of the steps."""
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)):
+        raise TypeError(f"budget: expected a count of computed steps or a fraction in (0, 1], got {budget!r}")
+    if isinstance(budget, int):
+        if not 1 <= budget <= num_steps:
+            raise ValueError(f"budget: expected from 1 to {num_steps} computed steps, got {budget}")
+        return budget
+    if not 0 < budget <= 1:
+        raise ValueError(f"budget: expected a fraction in (0, 1] of the {num_steps} steps, got {budget!r}")
+    return max(1, round(budget * num_steps))
+
+
+def value_of(computed: Sequence[int], costs: dict, num_steps: int, objective: str) -> float:
+    """The objective's value of the schedule computing `computed` under `costs`."""
+    path = [*computed, num_steps]
+    edges = [costs[(i, j)] for i, j in zip(path, path[1:])]
+    return sum(edges) if objective == "sum" else max(edges)
+
+
+def search(pipe, prompts: str | Sequence[str], *, budget: int | float, num_inference_steps: int = 30,
+           objective: str = "sum", over: str = "mean", seeds: Sequence[int] | None = None,
+           cache_file: str | os.PathLike | None = None, progress: bool = False, guidance_scale: float = 5.0,
+           **call_kwargs: Any) -> SearchResult:
+    """The schedule of at most `budget` computed steps that minimises the predicted error over the
+    calibration prompts (`over`: their mean or worst case; `objective`: the sum or the largest edge
+    error), as a folded plan for this pipeline. The pipeline's cache settings are left as they were.
+
+    >>> import edit
+    >>> pipe = edit.tiny_pipeline()
+    >>> result = edit.search.search(pipe, ["a red fox"], budget=3, num_inference_steps=5, height=32, width=48,
+    ...                             num_frames=9)
+    >>> result.schedule.budget <= 3 and result.schedule.computed[0] == 0
+    True
+    >>> "searched(computed=[0," in result.plan.pipeline
+    True
+    """
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective: expected one of {OBJECTIVES}, got {objective!r}")
+    if over not in ("mean", "max"):
+        raise ValueError(f"over: expected 'mean' or 'max', got {over!r}")
+    from edit.checks import check_int
+
+    steps = budget_steps(budget, check_int(num_inference_steps, "num_inference_steps", low=2,
+                                           what=" (an edge spans two steps)"))
+    costs = measure_edges(pipe, prompts, num_inference_steps=num_inference_steps, seeds=seeds, cache_file=cache_file,
+                          progress=progress, guidance_scale=guidance_scale, **call_kwargs)
+    shared = solve(costs.combined(over), num_inference_steps, steps, objective)
+    own = tuple(solve(c, num_inference_steps, steps, objective) for c in costs.per_prompt)
+    on_prompt = tuple(value_of(shared.computed, c, num_inference_steps, objective) for c in costs.per_prompt)
+    size = {k: call_kwargs[k] for k in ("height", "width", "num_frames") if k in call_kwargs}
+    with pipe.cache_enabled("none", passes=[Searched.of(shared)], num_inference_steps=num_inference_steps):
+        plan = pipe.compile(num_inference_steps, guidance_scale, **size)
+    return SearchResult(plan, shared, costs, own, on_prompt)

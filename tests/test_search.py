@@ -1,0 +1,113 @@
+"""`edit.search`: reuse-edge costs measured on the exact trajectory, the searched plan, its replay.
+
+The toy-model comparison against the baselines (PSNR at equal computed cells) is issue 20's
+benchmark work; here the tiny model checks the mechanics exactly."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import SIZE, components, generate
+
+from edit import EditWanPipeline
+from edit.graph import Plan
+from edit.passes import Pipeline, Searched
+from edit.search import edge_error, measure_edges, search
+
+STEPS = 8
+PROMPTS = ["a red fox running through snow", "a blue whale in deep water"]
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return EditWanPipeline(**components())
+
+
+def latents_by_step(pipe, **kwargs) -> list[torch.Tensor]:
+    seen = []
+
+    def keep(p, step, t, kw):
+        seen.append(kw["latents"])
+        return {}
+    generate(pipe, num_inference_steps=STEPS, callback_on_step_end=keep, **kwargs)
+    return seen
+
+
+@pytest.mark.parametrize("edge", [(2, 5), (0, 8), (5, 8), (1, 3)])
+def test_a_plan_with_one_reuse_edge_has_exactly_the_predicted_error(pipe, edge):
+    costs = measure_edges(pipe, PROMPTS[0], num_inference_steps=STEPS, seeds=[7], **SIZE).per_prompt[0]
+    i, j = edge
+    exact = latents_by_step(pipe)
+    with pipe.cache_enabled("none", passes=[Searched([s for s in range(STEPS) if not i < s < j])]):
+        reused = latents_by_step(pipe)
+        assert pipe.cache.stats.trace[("cond", 0)] == "".join("S" if i < s < j else "C" for s in range(STEPS))
+    assert costs[edge] > 0
+    assert edge_error(reused[j - 1], exact[j - 1]) == costs[edge]  # the latents where the path rejoins
+
+
+def test_the_searched_plan_is_the_optimum_and_says_so(pipe):
+    result = search(pipe, PROMPTS, budget=0.5, num_inference_steps=STEPS, **SIZE)
+    schedule = result.schedule
+    assert schedule.budget <= 4 and schedule.computed[0] == 0
+    text = result.plan.pipeline
+    assert f"searched(computed={list(schedule.computed)}" in text and "edges=[[0, " in text
+    assert Pipeline.parse(text).passes[-2] == Searched.of(schedule)  # the record parses back
+    rows = result.plan.summary().splitlines()[1:]
+    assert [row.split()[1] for row in rows] == ["C" if s in schedule.computed else "S" for s in range(STEPS)]
+    # one schedule for both prompts: never better on a prompt than that prompt's own best
+    for own, shared in zip(result.per_prompt, result.shared_on_prompt):
+        assert own.value <= shared
+    assert schedule.value == pytest.approx(sum(result.shared_on_prompt) / 2)
+
+
+def test_calibration_is_cached_to_a_file(pipe, tmp_path):
+    cache = tmp_path / "edges.json"
+    first = measure_edges(pipe, PROMPTS, num_inference_steps=4, cache_file=cache, **SIZE)
+    again = measure_edges(pipe, PROMPTS, num_inference_steps=4, cache_file=cache, **SIZE)
+    assert (first.runs, again.runs) == (2, 0) and again.per_prompt == first.per_prompt
+    other = measure_edges(pipe, PROMPTS, num_inference_steps=4, seeds=[5, 6], cache_file=cache, **SIZE)
+    assert other.runs == 2 and other.per_prompt != first.per_prompt  # another seed is another calibration
+
+
+def test_a_searched_plan_replays_in_a_new_process(pipe, tmp_path):
+    result = search(pipe, PROMPTS, budget=3, num_inference_steps=STEPS, **SIZE)
+    result.plan.save(tmp_path / "plan.json")
+    with pipe.cache_enabled("none"):
+        expected = generate(pipe, plan=result.plan, num_inference_steps=STEPS)
+    script = textwrap.dedent(f"""
+        import sys, torch
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from conftest import components, generate
+        from edit import EditWanPipeline
+        from edit.graph import Plan
+        pipe = EditWanPipeline(**components())
+        pipe.enable_cache("none")
+        out = generate(pipe, plan=Plan.load({str(tmp_path / 'plan.json')!r}), num_inference_steps={STEPS})
+        torch.save(out, {str(tmp_path / 'out.pt')!r})
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=300, capture_output=True)
+    assert torch.equal(torch.load(tmp_path / "out.pt"), expected)
+    assert "searched(" in Plan.load(tmp_path / "plan.json").pipeline
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(budget=0), ValueError, "budget: expected from 1 to 8 computed steps"),
+    (dict(budget=1.5), ValueError, "budget: expected a fraction in \\(0, 1\\]"),
+    (dict(budget=0.5, objective="mean"), ValueError, "objective: expected one of"),
+    (dict(budget=0.5, over="median"), ValueError, "over: expected 'mean' or 'max'"),
+    (dict(budget=0.5, seeds=[1]), ValueError, "seeds: expected one int >= 0 per prompt"),
+])
+def test_bad_input_is_refused_before_any_run(pipe, kwargs, error, message):
+    calls = []
+    handle = pipe.transformer.blocks[0].register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        with pytest.raises(error, match=message):
+            search(pipe, PROMPTS, num_inference_steps=STEPS, **SIZE, **kwargs)
+    finally:
+        handle.remove()
+    assert not calls

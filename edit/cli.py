@@ -161,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "(default: all at --level steps or up to 6 steps; else 5 spread over the run)")
     plan.add_argument("--save", default=None, metavar="PLAN.json",
                       help="write the plan as versioned JSON, for `edit generate --plan-file` (default: not saved)")
+    from edit.cli_search import add_search_parser
+
+    add_search_parser(sub, add_run_arguments)
     comp = sub.add_parser("compare", help="PSNR, SSIM and motion error of one video against another",
                           description="Compare video A with reference B (.mp4 or .gif, same frames and size).")
     comp.add_argument("a", metavar="A", help="the video to judge, e.g. a cached run")
@@ -558,6 +561,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "compare":
             from edit.cli_compare import compare_command
             return compare_command(args)
+        if args.command == "search":
+            from edit.cli_search import search_command
+            return search_command(args)
         return plan_command(args) if args.command == "plan" else generate(args)
     except CliError as err:
         print(f"edit: error: {err}", file=sys.stderr)

@@ -64,12 +64,12 @@ def _check_prompts(prompts: Any, seeds: Any) -> tuple[tuple[str, ...], tuple[int
 
 
 def _cache_key(pipe, prompts, seeds, num_inference_steps: int, call_kwargs: dict) -> str:
-    from edit.runtime.fingerprint import weights_version
-
-    shape_plan = pipe.compile(num_inference_steps, call_kwargs.get("guidance_scale", 5.0),
-                              **{k: call_kwargs[k] for k in ("height", "width", "num_frames") if k in call_kwargs})
-    fingerprint = {k: v for k, v in shape_plan.fingerprint.items()}
-    fingerprint["versions"] = [repr(weights_version(m)) for m in pipe._experts().values()]
+    # the plan's fingerprint: the model's class, config and a digest of its weights' values, the
+    # scheduler, sizes, timesteps and guidance (the weights digest reads the values, not the object)
+    with pipe.cache_enabled("none"):
+        fingerprint = pipe.compile(num_inference_steps, call_kwargs.get("guidance_scale", 5.0),
+                                   **{k: call_kwargs[k] for k in ("height", "width", "num_frames")
+                                      if k in call_kwargs}).fingerprint
     blob = json.dumps({"prompts": prompts, "seeds": seeds, "steps": num_inference_steps, "call": call_kwargs,
                        "fingerprint": fingerprint}, sort_keys=True, default=repr)
     return hashlib.sha256(blob.encode()).hexdigest()

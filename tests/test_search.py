@@ -111,3 +111,46 @@ def test_bad_input_is_refused_before_any_run(pipe, kwargs, error, message):
     finally:
         handle.remove()
     assert not calls
+
+
+def test_the_cli_searches_saves_and_replays(tmp_path, capsys):
+    from edit.cli import main
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red fox running through snow\n# calibration\n\na blue whale in deep water\n")
+    run = ["--model", "tiny", "--steps", "6", "--frames", "9", "--height", "32", "--width", "48"]
+    argv = ["search", *run, "--budget", "0.5", "--prompts", str(prompts), "--save", str(tmp_path / "plan.json"),
+            "--calibration-cache", str(tmp_path / "cal.json")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "(2 uncached calibration runs)" in out and "computes 3 of 6 steps [0," in out
+    assert main(argv) == 0 and "(0 uncached calibration runs, read from" in capsys.readouterr().out
+    plan = Plan.load(tmp_path / "plan.json")
+    assert main(["generate", "a red fox", *run, "--plan-file", str(tmp_path / "plan.json"),
+                 "--out", str(tmp_path / "v.gif")]) == 0
+    printed = capsys.readouterr().out
+    (searched,) = [p for p in Pipeline.parse(plan.pipeline).passes if isinstance(p, Searched)]
+    reused = [s for s in range(6) if s not in searched.computed]
+    assert reused and f"computed {6 * 2 - 2 * len(reused)}, skipped {2 * len(reused)}" in printed
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--prompts", "{missing}"], "--prompts: cannot read"),
+    (["--prompts", "{empty}"], "holds no prompt"),
+    (["--prompts", "{ok}", "--budget", "half"], "--budget: expected a fraction in (0, 1] or a count"),
+    (["--prompts", "{ok}", "--budget", "7"], "--budget: expected from 1 to 6 computed steps"),
+    (["--prompts", "{ok}", "--seeds", "1,2,3"], "--seeds: expected 2 seeds >= 0"),
+    (["--prompts", "{ok}", "--cache", "teacache"], "--cache: edit search makes its own schedule"),
+    (["--prompts", "{ok}", "--save", "{tmp}/plan.txt"], "--save: expected a file ending in .json"),
+])
+def test_cli_search_refuses_bad_input_in_one_line(tmp_path, capsys, extra, message):
+    from edit.cli import main
+
+    (tmp_path / "ok.txt").write_text("a fox\na whale\n")
+    (tmp_path / "empty.txt").write_text("# nothing\n\n")
+    names = {"missing": str(tmp_path / "nope.txt"), "empty": str(tmp_path / "empty.txt"),
+             "ok": str(tmp_path / "ok.txt"), "tmp": str(tmp_path)}
+    argv = ["search", "--model", "tiny", "--steps", "6", "--budget", "0.5"] + [a.format(**names) for a in extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("edit: error: ") and message in err and len(err.strip().splitlines()) == 1, err

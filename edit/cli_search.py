@@ -1,0 +1,117 @@
+"""`edit search`: the best static schedule for a budget, from calibration runs, saved as a plan."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from edit.cli_checks import CliError, check_model_and_size
+
+
+def add_search_parser(sub, add_run_arguments) -> None:
+    search = sub.add_parser("search", help="search the best static schedule for a compute budget",
+                            description="Measure the error of every reuse edge on uncached calibration runs, "
+                                        "solve for the schedule of the budget that minimises it, print and save "
+                                        "it as a plan (replay it with edit generate --plan-file).")
+    add_run_arguments(search)
+    search.add_argument("--budget", required=True, metavar="B",
+                        help="computed steps: a fraction in (0, 1] of --steps (0.5: half) or a count (15)")
+    search.add_argument("--prompts", required=True, metavar="FILE",
+                        help="calibration prompts, one per line (blank lines and lines starting with # skipped)")
+    search.add_argument("--seeds", default=None, metavar="S,S,...",
+                        help="one seed per prompt (default: 0, 1, 2, ...)")
+    search.add_argument("--objective", default="sum", choices=["sum", "max"],
+                        help="minimise the sum of the edges' errors or the largest one (default: sum)")
+    search.add_argument("--over", default="mean", choices=["mean", "max"],
+                        help="combine the prompts' errors by their mean or worst case (default: mean)")
+    search.add_argument("--calibration-cache", default=None, metavar="FILE.json",
+                        help="keep the measured errors here; a later search with the same model, prompts, "
+                             "seeds and call reads them instead of running again (default: none)")
+    search.add_argument("--save", default=None, metavar="PLAN.json",
+                        help="write the plan as versioned JSON (default: not saved)")
+
+
+def _budget(text: str) -> int | float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise CliError(f"--budget: expected a fraction in (0, 1] or a count of steps, got {text!r}") from None
+    return int(value) if value.is_integer() and value > 1 else value
+
+
+def _prompts(path: str) -> list[str]:
+    try:
+        lines = Path(path).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise CliError(f"--prompts: cannot read {path!r}: {getattr(err, 'strerror', None) or err}") from None
+    prompts = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+    if not prompts:
+        raise CliError(f"--prompts: {path!r} holds no prompt (one per line)")
+    return prompts
+
+
+def _seeds(text: str | None, count: int) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        seeds = [int(s) for s in text.split(",")]
+    except ValueError:
+        raise CliError(f"--seeds: expected integers separated by commas, got {text!r}") from None
+    if len(seeds) != count or any(s < 0 for s in seeds):
+        raise CliError(f"--seeds: expected {count} seeds >= 0 (one per prompt), got {text!r}")
+    return seeds
+
+
+def search_command(args: argparse.Namespace) -> int:
+    from edit._output import OutputError, check_target
+    from edit.cli import load_pipeline, say
+    from edit.search import budget_steps, search
+
+    for flag in ("cache", "threshold", "granularity", "wan_variant", "passes"):
+        if getattr(args, flag) is not None:
+            name = "--pass" if flag == "passes" else f"--{flag.replace('_', '-')}"
+            raise CliError(f"{name}: edit search makes its own schedule; drop {name}")
+    prompts = _prompts(args.prompts)
+    seeds = _seeds(args.seeds, len(prompts))
+    budget = _budget(args.budget)
+    save_path = None
+    if args.save is not None:
+        save_path = Path(args.save)
+        if save_path.suffix.lower() != ".json":
+            raise CliError(f"--save: expected a file ending in .json, got {args.save!r}")
+        try:
+            check_target(save_path, "--save")
+        except OutputError as err:
+            raise CliError(f"{err.flag}: {err}") from None
+    folder, height, width, _ = check_model_and_size(args)
+    try:
+        computed = budget_steps(budget, args.steps)
+    except (TypeError, ValueError) as err:
+        raise CliError(f"--budget: {str(err).removeprefix('budget: ')}") from None
+    pipe = load_pipeline(args.model, folder)
+    pipe.set_progress_bar_config(disable=True)
+    start = time.perf_counter()
+    result = search(pipe, prompts, budget=computed, num_inference_steps=args.steps, objective=args.objective,
+                    over=args.over, seeds=seeds, cache_file=args.calibration_cache, progress=True,
+                    guidance_scale=args.guidance, height=height, width=width, num_frames=args.frames,
+                    negative_prompt=args.negative_prompt)
+    schedule = result.schedule
+    runs = result.costs.runs
+    say(f"searched in {time.perf_counter() - start:.2f} s ({runs} uncached calibration run{'s' * (runs != 1)}"
+        f"{', read from ' + args.calibration_cache if runs == 0 else ''})")
+    say(f"computes {schedule.budget} of {args.steps} steps {list(schedule.computed)}; predicted error "
+        f"({args.objective} of edges, {args.over} over {len(prompts)} prompts): {schedule.value:.4g}")
+    for (i, j, cost) in schedule.edge_costs:
+        if j > i + 1:
+            say(f"  reuse step {i} at steps {i + 1}..{j - 1}: {cost:.4g}")
+    for prompt, own, shared in zip(prompts, result.per_prompt, result.shared_on_prompt):
+        say(f"  {prompt[:48]!r}: this schedule {shared:.4g}, its own best {own.value:.4g}")
+    say(result.plan.summary())
+    if save_path is not None:
+        try:
+            result.plan.save(save_path)
+        except OSError as err:
+            raise OutputError("--save", f"cannot write {str(save_path)!r}: {err.strerror or err}") from None
+        say(f"wrote {save_path} (replay it with edit generate --plan-file)")
+    return 0

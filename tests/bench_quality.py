@@ -76,8 +76,8 @@ def fora_passes(steps: int, interval: int, warm: int = 2):
     return Pipeline.parse(f"set_cells(mode=reuse, steps={reuse})").passes
 
 
-def edit_configs(steps: int) -> list[tuple[str, Any, Callable]]:
-    """(policy, setting, enable(pipe)) for EDiT's own policies."""
+def edit_configs(steps: int, mag_ratios: tuple[float, ...] = ()) -> list[tuple[str, Any, Callable]]:
+    """(policy, setting, enable(pipe)) for EDiT's own policies (MagCache with `mag_ratios`, when given)."""
     out = []
     for t in (0.05, 0.1, 0.2, 0.3, 0.5):
         out.append(("edit teacache", t, lambda p, t=t: p.enable_cache("teacache", rel_l1_thresh=t, num_inference_steps=steps)))
@@ -86,7 +86,89 @@ def edit_configs(steps: int) -> list[tuple[str, Any, Callable]]:
     for n in (2, 3, 4):
         out.append(("edit set_cells (FORA)", n, lambda p, n=n: p.enable_cache(
             "none", passes=fora_passes(steps, n), num_inference_steps=steps)))
+    for t in (0.06, 0.12, 0.3) if mag_ratios else ():
+        out.append(("edit magcache", t, lambda p, t=t: p.enable_cache(
+            "magcache", mag_ratios=mag_ratios, threshold=t, max_skip_steps=4, num_inference_steps=steps)))
     return out
+
+
+def search_rows(results, components, prompts, steps, reference, calibration_prompts, make) -> dict[str, Any]:
+    """The searched schedule at the computed-cell count of each EDiT baseline row (no more computes
+    than it had), a line of `edit search` rows; then, at the three budgets, each baseline beside the
+    search, each held-out prompt's own best schedule beside the shared one, and the search's times."""
+    from edit.passes import Searched
+    from edit.passes.search import solve
+    from edit.search import measure_edges
+
+    size = dict(height=64, width=64, num_frames=17)
+    start = time.perf_counter()
+    calibration = measure_edges(make(), calibration_prompts, num_inference_steps=steps,
+                                seeds=list(range(1, len(calibration_prompts) + 1)), **size)
+    calibration_s = time.perf_counter() - start
+    costs = calibration.combined()
+    baselines = [r for r in results if r["policy"].startswith("edit ") and r["policy"] != "edit search"]
+    budgets = sorted({int(r["computed"] * steps + 1e-9) for r in baselines if r["computed"] < 0.95})
+    rows = {}
+    for k in budgets:
+        schedule = solve(costs, steps, k, "sum")
+        rows[k] = dict(policy="edit search", setting=k, schedule=list(schedule.computed),
+                       predicted=schedule.value, **measure(_searched(make, schedule), prompts, steps, reference))
+        results.append(rows[k])
+        print(f"{'edit search':<28} {k:<6} computed {rows[k]['computed']:.2f}  psnr {rows[k]['psnr']:6.2f}", flush=True)
+    matched = []
+    for r in baselines:
+        k = int(r["computed"] * steps + 1e-9)
+        if k in rows:
+            matched.append(dict(baseline=f"{r['policy']} {r['setting']:g}", computed=r["computed"],
+                                baseline_psnr=r["psnr"], search_computed=rows[k]["computed"],
+                                search_psnr=rows[k]["psnr"], margin_db=rows[k]["psnr"] - r["psnr"]))
+    # the three budgets of the issue: about 40%, 55% and 70% of the cells reused
+    targets = {}
+    for skipped in (0.40, 0.55, 0.70):
+        k = min(budgets, key=lambda b: abs(b / steps - (1 - skipped)))
+        near = [m for m in matched if int(m["computed"] * steps + 1e-9) == k]
+        if near:
+            best = max(near, key=lambda m: m["baseline_psnr"])
+            targets[f"{int(skipped * 100)}% reused"] = dict(computed_steps=k, best_baseline=best["baseline"],
+                                                            best_baseline_psnr=best["baseline_psnr"],
+                                                            search_psnr=rows[k]["psnr"],
+                                                            margin_db=rows[k]["psnr"] - best["baseline_psnr"])
+    # golden path: each held-out prompt's own best schedule against the shared one
+    own = measure_edges(make(), prompts, num_inference_steps=steps, seeds=[1000 + i for i in range(len(prompts))],
+                        **size)
+    golden = []
+    for label, target in targets.items():
+        k = target["computed_steps"]
+        shared = solve(costs, steps, k, "sum")
+        for i, prompt in enumerate(prompts):
+            best = solve(own.per_prompt[i], steps, k, "sum")
+            shared_psnr = measure(_searched(make, shared), [prompt], steps, reference, first_seed=1000 + i)["psnr"]
+            own_psnr = measure(_searched(make, best), [prompt], steps, reference, first_seed=1000 + i)["psnr"]
+            golden.append(dict(budget=label, prompt=prompt, shared_psnr=shared_psnr, own_best_psnr=own_psnr,
+                               gap_db=own_psnr - shared_psnr))
+    timing = {}
+    for n in (30, 50):
+        import random
+
+        rng = random.Random(0)
+        fake = {(i, j): (j - i - 1) * rng.random() for i in range(n) for j in range(i + 1, n + 1)}
+        t0 = time.perf_counter()
+        solve(fake, n, n // 2, "sum")
+        timing[f"solve_{n}_steps_s"] = time.perf_counter() - t0
+    run_s = statistics.median(run(reference, prompts[0], 1000, steps)[1] for _ in range(2))
+    return dict(matched=matched, targets=targets, golden_path=golden, search_times=timing,
+                calibration=dict(prompts=calibration_prompts, seconds=calibration_s, uncached_runs=calibration.runs,
+                                 in_uncached_runs=calibration_s / run_s))
+
+
+def _searched(make, schedule):
+    from edit.passes import Searched
+
+    def enable():
+        pipe = make()
+        pipe.enable_cache("none", passes=[Searched.of(schedule)])
+        return pipe
+    return enable
 
 
 def magcache_ratios(components: dict, steps: int, prompt: str) -> list[float]:
@@ -125,12 +207,12 @@ def diffusers_configs(components: dict, steps: int, calibration_prompt: str) -> 
     return out
 
 
-def measure(make_pipe: Callable, prompts: list[str], steps: int, reference_pipe) -> dict[str, Any]:
+def measure(make_pipe: Callable, prompts: list[str], steps: int, reference_pipe, first_seed: int = 1000) -> dict[str, Any]:
     pipe = make_pipe()
     counter = LastBlockCounter(pipe.transformer)
     rows = []
     for i, prompt in enumerate(prompts):
-        seed = 1000 + i
+        seed = first_seed + i
         # side by side, the order alternating from one prompt to the next so that neither run of a
         # pair always finds the caches warmer
         if i % 2 == 0:
@@ -193,6 +275,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--plot", default=str(ROOT / "assets" / "bench_quality.png"))
     parser.add_argument("--folder", default=None, help="a trained toy pipeline folder (default: the shipped one)")
     parser.add_argument("--replot", action="store_true", help="only draw --plot again from the JSON at --out")
+    parser.add_argument("--only-edit", action="store_true",
+                        help="run EDiT's rows and the search only; keep the diffusers rows of the JSON at --out")
     args = parser.parse_args(argv)
     if args.replot:
         out = json.loads(Path(args.out).read_text())
@@ -226,15 +310,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             return pipe
         return make
 
-    configs = [(p, s, ours(e)) for p, s, e in edit_configs(args.steps)]
-    configs += [(p, s, theirs(c)) for p, s, c in diffusers_configs(components, args.steps, calibration_prompt)]
+    from edit.cache import calibrate_magcache
+    from edit.toy import data
+
+    mag = calibrate_magcache(ours(lambda p: None)(), [calibration_prompt], num_inference_steps=args.steps, seed=7,
+                             height=64, width=64, num_frames=17).ratios
+    configs = [(p, s, ours(e)) for p, s, e in edit_configs(args.steps, mag)]
+    if args.only_edit:
+        kept = [r for r in json.loads(Path(args.out).read_text())["results"] if r["policy"].startswith("diffusers")]
+    else:
+        kept = []
+        configs += [(p, s, theirs(c)) for p, s, c in diffusers_configs(components, args.steps, calibration_prompt)]
     for policy, setting, make in configs:
         row = dict(policy=policy, setting=setting, **measure(make, prompts, args.steps, reference))
         results.append(row)
         print(f"{policy:<28} {setting:<6g} computed {row['computed']:.2f}  speedup {row['speedup']:.2f}x  "
               f"psnr {row['psnr']:6.2f}  ssim {row['ssim']:.4f}  temporal {row['temporal']:.4f}", flush=True)
+    # the search calibrates on captions neither held out nor the baselines' calibration prompt
+    search = search_rows(results, components, prompts, args.steps, reference,
+                         [c.caption for c in data.batch(777, 4, two=0)], ours(lambda p: None))
+    results += kept
     out = dict(meta=dict(prompts=prompts, steps=args.steps, guidance=5.0, size="17x64x64",
-                         torch=torch.__version__, threads=torch.get_num_threads()), results=results)
+                         torch=torch.__version__, threads=torch.get_num_threads()), results=results, search=search)
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
     plot(results, Path(args.plot))
     print(f"wrote {args.out} and {args.plot}")

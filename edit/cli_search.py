@@ -68,7 +68,7 @@ def search_command(args: argparse.Namespace) -> int:
     from edit.cli import load_pipeline, say
     from edit.search import budget_steps, search
 
-    for flag in ("cache", "threshold", "granularity", "wan_variant", "passes"):
+    for flag in ("cache", "threshold", "wan_variant", "passes"):
         if getattr(args, flag) is not None:
             name = "--pass" if flag == "passes" else f"--{flag.replace('_', '-')}"
             raise CliError(f"{name}: edit search makes its own schedule; drop {name}")
@@ -85,17 +85,30 @@ def search_command(args: argparse.Namespace) -> int:
         except OutputError as err:
             raise CliError(f"{err.flag}: {err}") from None
     folder, height, width, _ = check_model_and_size(args)
+    granularity = args.granularity or "stack"
+    if granularity.lstrip("-").isdigit():
+        granularity = int(granularity)
+    from edit.graph import unit_ranges
+
     try:
-        computed = budget_steps(budget, args.steps)
+        blocks = _blocks(args.model, folder)
+        units = 1 if blocks is None else len(unit_ranges(granularity, blocks))
+    except (TypeError, ValueError) as err:
+        raise CliError(f"--granularity: {str(err).removeprefix('granularity: ')}") from None
+    try:  # checked here, before the model loads (the search converts it again)
+        budget_steps(budget, args.steps) if units == 1 else budget_steps(budget, args.steps * units, low=units,
+                                                                          what="cells")
     except (TypeError, ValueError) as err:
         raise CliError(f"--budget: {str(err).removeprefix('budget: ')}") from None
     pipe = load_pipeline(args.model, folder)
     pipe.set_progress_bar_config(disable=True)
     start = time.perf_counter()
-    result = search(pipe, prompts, budget=computed, num_inference_steps=args.steps, objective=args.objective,
+    result = search(pipe, prompts, budget=budget, num_inference_steps=args.steps, objective=args.objective,
                     over=args.over, seeds=seeds, cache_file=args.calibration_cache, progress=True,
                     guidance_scale=args.guidance, height=height, width=width, num_frames=args.frames,
-                    negative_prompt=args.negative_prompt)
+                    negative_prompt=args.negative_prompt, granularity=granularity)
+    if isinstance(result.schedule, tuple):  # a schedule per unit
+        return _report_units(result, args, prompts, save_path, start)
     schedule = result.schedule
     runs = result.costs.runs
     say(f"searched in {time.perf_counter() - start:.2f} s ({runs} uncached calibration run{'s' * (runs != 1)}"
@@ -108,10 +121,49 @@ def search_command(args: argparse.Namespace) -> int:
     for prompt, own, shared in zip(prompts, result.per_prompt, result.shared_on_prompt):
         say(f"  {prompt[:48]!r}: this schedule {shared:.4g}, its own best {own.value:.4g}")
     say(result.plan.summary())
+    _save(result, save_path)
+    return 0
+
+
+def _report_units(result, args, prompts, save_path, start) -> int:
+    from edit.cli import say
+
+    runs = result.costs.runs
+    say(f"searched in {time.perf_counter() - start:.2f} s ({runs} uncached calibration run{'s' * (runs != 1)}"
+        f"{', read from ' + str(args.calibration_cache) if runs == 0 else ''})")
+    cells = sum(s.budget for s in result.schedule)
+    say(f"computes {cells} of {args.steps * len(result.schedule)} cells a branch, per unit:")
+    for u, s in enumerate(result.schedule):
+        say(f"  unit {u}: {list(s.computed)} (predicted error {s.value:.4g})")
+    for prompt, own, shared in zip(prompts, result.per_prompt, result.shared_on_prompt):
+        say(f"  {prompt[:48]!r}: this schedule {shared:.4g}, its own best {sum(o.value for o in own):.4g}")
+    say(result.plan.summary())
+    _save(result, save_path)
+    return 0
+
+
+def _blocks(model: str, folder) -> int | None:
+    """The transformer's block count from its config (None when unknown before loading)."""
+    import json
+
+    if model == "tiny":
+        from edit.tiny import TINY_TRANSFORMER
+        return TINY_TRANSFORMER["num_layers"]
+    if folder is None:
+        return None
+    try:
+        return json.loads((Path(folder) / "transformer" / "config.json").read_text())["num_layers"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _save(result, save_path) -> None:
+    from edit._output import OutputError
+    from edit.cli import say
+
     if save_path is not None:
         try:
             result.plan.save(save_path)
         except OSError as err:
             raise OutputError("--save", f"cannot write {str(save_path)!r}: {err.strerror or err}") from None
         say(f"wrote {save_path} (replay it with edit generate --plan-file)")
-    return 0

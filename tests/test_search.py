@@ -16,7 +16,7 @@ from conftest import SIZE, components, generate
 
 from edit import EditWanPipeline
 from edit.graph import Plan
-from edit.passes import Pipeline, Searched
+from edit.passes import Pipeline, Searched, SearchedUnits
 from edit.search import edge_error, measure_edges, search
 
 STEPS = 8
@@ -132,6 +132,8 @@ def test_the_cli_searches_saves_and_replays(tmp_path, capsys):
     (searched,) = [p for p in Pipeline.parse(plan.pipeline).passes if isinstance(p, Searched)]
     reused = [s for s in range(6) if s not in searched.computed]
     assert reused and f"computed {6 * 2 - 2 * len(reused)}, skipped {2 * len(reused)}" in printed
+    assert main(["search", *run, "--budget", "0.5", "--granularity", "2", "--prompts", str(prompts)]) == 0
+    assert "computes 6 of 12 cells a branch, per unit:\n  unit 0: [0," in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -142,6 +144,8 @@ def test_the_cli_searches_saves_and_replays(tmp_path, capsys):
     (["--prompts", "{ok}", "--seeds", "1,2,3"], "--seeds: expected 2 seeds >= 0"),
     (["--prompts", "{ok}", "--cache", "teacache"], "--cache: edit search makes its own schedule"),
     (["--prompts", "{ok}", "--save", "{tmp}/plan.txt"], "--save: expected a file ending in .json"),
+    (["--prompts", "{ok}", "--granularity", "9"], "--granularity: "),
+    (["--prompts", "{ok}", "--granularity", "2", "--budget", "13"], "--budget: expected from 2 to 12 computed cells"),
 ])
 def test_cli_search_refuses_bad_input_in_one_line(tmp_path, capsys, extra, message):
     from edit.cli import main
@@ -154,3 +158,28 @@ def test_cli_search_refuses_bad_input_in_one_line(tmp_path, capsys, extra, messa
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("edit: error: ") and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_unit_reusing_alone_has_exactly_the_predicted_error(pipe):
+    costs = measure_edges(pipe, PROMPTS[0], num_inference_steps=STEPS, seeds=[7], granularity=2, **SIZE)
+    assert costs.units == 2 and set(costs.per_prompt[0]) == {(u, i, j) for u in range(2) for i in range(STEPS)
+                                                             for j in range(i + 1, STEPS + 1)}
+    exact = latents_by_step(pipe)
+    for unit, (i, j) in [(0, (2, 5)), (1, (1, 6))]:
+        schedules = [list(range(STEPS))] * 2
+        schedules[unit] = [s for s in range(STEPS) if not i < s < j]
+        with pipe.cache_enabled("none", granularity=2, passes=[SearchedUnits(schedules)]):
+            reused = latents_by_step(pipe)
+            assert pipe.cache.stats.trace[("cond", unit)] == "".join("S" if i < s < j else "C" for s in range(STEPS))
+        assert edge_error(reused[j - 1], exact[j - 1]) == costs.per_prompt[0][(unit, i, j)] > 0
+
+
+def test_a_search_per_unit_spends_the_cells_where_they_matter(pipe):
+    result = search(pipe, PROMPTS, budget=0.5, num_inference_steps=STEPS, granularity=2, **SIZE)
+    assert len(result.schedule) == 2 and sum(s.budget for s in result.schedule) <= STEPS  # half of 2 x 8 cells
+    text = result.plan.pipeline
+    assert "searched_units(computed=[[0," in text and Pipeline.parse(text).passes[-2] == SearchedUnits.of(result.schedule)
+    grid = [row.split()[1] for row in result.plan.summary().splitlines()[1:]]  # cond's units, a step a row
+    assert grid == ["".join("C" if s in sched.computed else "S" for sched in result.schedule) for s in range(STEPS)]
+    for own, shared in zip(result.per_prompt, result.shared_on_prompt):
+        assert sum(o.value for o in own) <= shared + 1e-15

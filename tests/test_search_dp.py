@@ -74,3 +74,42 @@ def test_costs_over_prompts_combine_by_mean_or_worst_case():
     assert combine_costs([a, b], "max") == {(0, 1): 3.0, (0, 2): 4.0, (1, 2): 2.0}
     with pytest.raises(ValueError, match="the same edges"):
         combine_costs([a, {(0, 1): 1.0}])
+
+
+def _unit_brute_force(costs_by_unit, n, budget, objective):
+    """The least value over every per-unit schedule with at most `budget` computed cells in all."""
+    import itertools
+
+    def value(costs, computed):
+        path = [*computed, n]
+        edges = [costs[(i, j)] for i, j in zip(path, path[1:])]
+        return sum(edges) if objective == "sum" else max(edges)
+
+    schedules = [[(0, *rest) for b in range(n) for rest in itertools.combinations(range(1, n), b)]] * len(costs_by_unit)
+    best = None
+    for combo in itertools.product(*schedules):
+        if sum(len(c) for c in combo) > budget:
+            continue
+        values = [value(c, s) for c, s in zip(costs_by_unit, combo)]
+        total = sum(values) if objective == "sum" else max(values)
+        best = total if best is None else min(best, total)
+    return best
+
+
+@pytest.mark.parametrize("objective", ["sum", "max"])
+@pytest.mark.parametrize("seed", range(6))
+def test_the_allocation_over_units_is_exact(objective, seed):
+    from edit.passes.search import solve_every_budget, solve_units
+
+    rng = random.Random(100 + seed)
+    n, units = rng.randint(2, 5), rng.randint(1, 3)
+    costs = [random_costs(n, rng, ties=seed % 2 == 0) for _ in range(units)]
+    for c in costs:  # every budget of one unit from one table equals solving that budget alone
+        assert [s.value for s in solve_every_budget(c, n, objective)] == \
+            [solve(c, n, b, objective).value for b in range(1, n + 1)]
+    for budget in range(units, units * n + 1):
+        chosen = solve_units(costs, n, budget, objective)
+        values = [s.value for s in chosen]
+        got = sum(values) if objective == "sum" else max(values)
+        assert sum(s.budget for s in chosen) <= budget
+        assert got == pytest.approx(_unit_brute_force(costs, n, budget, objective), abs=1e-12)

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from edit.cli_checks import (FULL_SIZE, POLICY_FLAGS, TINY_SIZE, CliError, check_drawing, check_flags,
+from edit.cli_checks import (FULL_SIZE, POLICY_FLAGS, TINY_SIZE, CliError, check_drawing, check_flags, parse_granularity,
                              check_model_and_size, check_outputs, check_request, check_task, pipeline_task,
                              read_images)
 from edit.toy.model import default_model
@@ -204,9 +204,7 @@ def enable_cache(pipe, args: argparse.Namespace, policy=None) -> None:
         policy = args.cache or ("none" if args.passes else None)
     if policy is None:
         return
-    granularity = args.granularity or "stack"
-    if granularity.lstrip("-").isdigit():
-        granularity = int(granularity)
+    granularity = parse_granularity(args.granularity)
     kwargs = {}
     if isinstance(policy, str):  # the plan's policy has its arguments already (checked against the flags)
         if args.threshold is not None:
@@ -513,19 +511,12 @@ def report_run(pipe, plan, args: argparse.Namespace, render_path: Path | None,
 
 
 def plan_command(args: argparse.Namespace) -> int:
-    from edit._output import OutputError, check_target, write_plan
+    from edit._output import OutputError, write_plan
+    from edit.cli_checks import check_save
 
     check_flags(args)
     render_path = check_drawing(args, "--render", args.render)
-    save_path = None
-    if args.save is not None:
-        save_path = Path(args.save)
-        if save_path.suffix.lower() != ".json":
-            raise CliError(f"--save: expected a file ending in .json, got {args.save!r}")
-        try:
-            check_target(save_path, "--save")
-        except OutputError as err:
-            raise CliError(f"{err.flag}: {err}") from None
+    save_path = check_save(args.save)
     folder, height, width, _ = check_model_and_size(args)
     drawn_steps = choose_drawn_steps(args, render_path)
     pipe = load_pipeline(args.model, folder)  # an image-to-video folder compiles its own (conditioned) plan

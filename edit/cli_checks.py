@@ -246,3 +246,25 @@ def check_task(args: argparse.Namespace, folder: Path | None, images: tuple | No
                        "WanImageToVideoPipeline folder or a TI2V one (expand_timesteps)")
     if not images and task == "i2v":
         raise CliError(f"--image: {args.model!r} is an image-to-video pipeline; give --image IMG (the first frame)")
+
+
+def check_save(value: str | None) -> Path | None:
+    """`--save PLAN.json`: a .json path that can be written (None when not asked)."""
+    from edit._output import OutputError, check_target
+
+    if value is None:
+        return None
+    path = Path(value)
+    if path.suffix.lower() != ".json":
+        raise CliError(f"--save: expected a file ending in .json, got {value!r}")
+    try:
+        check_target(path, "--save")
+    except OutputError as err:
+        raise CliError(f"{err.flag}: {err}") from None
+    return path
+
+
+def parse_granularity(value: str | None) -> str | int:
+    """`--granularity`'s text: stack (the default), per_block, or an int."""
+    granularity = value or "stack"
+    return int(granularity) if granularity.lstrip("-").isdigit() else granularity

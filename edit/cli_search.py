@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from edit.cli_checks import CliError, check_model_and_size
+from edit.cli_checks import CliError, check_model_and_size, check_save, parse_granularity
 
 
 def add_search_parser(sub, add_run_arguments) -> None:
@@ -64,8 +64,7 @@ def _seeds(text: str | None, count: int) -> list[int] | None:
 
 
 def search_command(args: argparse.Namespace) -> int:
-    from edit._output import OutputError, check_target
-    from edit.cli import load_pipeline, say
+    from edit.cli import load_pipeline
     from edit.search import budget_steps, search
 
     for flag in ("cache", "threshold", "wan_variant", "passes"):
@@ -75,19 +74,9 @@ def search_command(args: argparse.Namespace) -> int:
     prompts = _prompts(args.prompts)
     seeds = _seeds(args.seeds, len(prompts))
     budget = _budget(args.budget)
-    save_path = None
-    if args.save is not None:
-        save_path = Path(args.save)
-        if save_path.suffix.lower() != ".json":
-            raise CliError(f"--save: expected a file ending in .json, got {args.save!r}")
-        try:
-            check_target(save_path, "--save")
-        except OutputError as err:
-            raise CliError(f"{err.flag}: {err}") from None
+    save_path = check_save(args.save)
     folder, height, width, _ = check_model_and_size(args)
-    granularity = args.granularity or "stack"
-    if granularity.lstrip("-").isdigit():
-        granularity = int(granularity)
+    granularity = parse_granularity(args.granularity)
     from edit.graph import unit_ranges
 
     try:
@@ -107,39 +96,35 @@ def search_command(args: argparse.Namespace) -> int:
                     over=args.over, seeds=seeds, cache_file=args.calibration_cache, progress=True,
                     guidance_scale=args.guidance, height=height, width=width, num_frames=args.frames,
                     negative_prompt=args.negative_prompt, granularity=granularity)
-    if isinstance(result.schedule, tuple):  # a schedule per unit
-        return _report_units(result, args, prompts, save_path, start)
-    schedule = result.schedule
-    runs = result.costs.runs
-    say(f"searched in {time.perf_counter() - start:.2f} s ({runs} uncached calibration run{'s' * (runs != 1)}"
-        f"{', read from ' + args.calibration_cache if runs == 0 else ''})")
-    say(f"computes {schedule.budget} of {args.steps} steps {list(schedule.computed)}; predicted error "
-        f"({args.objective} of edges, {args.over} over {len(prompts)} prompts): {schedule.value:.4g}")
-    for (i, j, cost) in schedule.edge_costs:
-        if j > i + 1:
-            say(f"  reuse step {i} at steps {i + 1}..{j - 1}: {cost:.4g}")
-    for prompt, own, shared in zip(prompts, result.per_prompt, result.shared_on_prompt):
-        say(f"  {prompt[:48]!r}: this schedule {shared:.4g}, its own best {own.value:.4g}")
-    say(result.plan.summary())
+    report(result, args, prompts, time.perf_counter() - start)
     _save(result, save_path)
     return 0
 
 
-def _report_units(result, args, prompts, save_path, start) -> int:
+def report(result, args, prompts: list[str], seconds: float) -> None:
+    """The schedule (one, or one per unit), each reuse's predicted error, each prompt's own best."""
     from edit.cli import say
 
     runs = result.costs.runs
-    say(f"searched in {time.perf_counter() - start:.2f} s ({runs} uncached calibration run{'s' * (runs != 1)}"
+    say(f"searched in {seconds:.2f} s ({runs} uncached calibration run{'s' * (runs != 1)}"
         f"{', read from ' + str(args.calibration_cache) if runs == 0 else ''})")
-    cells = sum(s.budget for s in result.schedule)
-    say(f"computes {cells} of {args.steps * len(result.schedule)} cells a branch, per unit:")
-    for u, s in enumerate(result.schedule):
-        say(f"  unit {u}: {list(s.computed)} (predicted error {s.value:.4g})")
+    per_unit = isinstance(result.schedule, tuple)
+    if per_unit:
+        say(f"computes {sum(s.budget for s in result.schedule)} of {args.steps * len(result.schedule)} cells a "
+            "branch, per unit:")
+        for u, s in enumerate(result.schedule):
+            say(f"  unit {u}: {list(s.computed)} (predicted error {s.value:.4g})")
+    else:
+        schedule = result.schedule
+        say(f"computes {schedule.budget} of {args.steps} steps {list(schedule.computed)}; predicted error "
+            f"({args.objective} of edges, {args.over} over {len(prompts)} prompts): {schedule.value:.4g}")
+        for (i, j, cost) in schedule.edge_costs:
+            if j > i + 1:
+                say(f"  reuse step {i} at steps {i + 1}..{j - 1}: {cost:.4g}")
     for prompt, own, shared in zip(prompts, result.per_prompt, result.shared_on_prompt):
-        say(f"  {prompt[:48]!r}: this schedule {shared:.4g}, its own best {sum(o.value for o in own):.4g}")
+        best = (sum if args.objective == "sum" else max)(o.value for o in own) if per_unit else own.value
+        say(f"  {prompt[:48]!r}: this schedule {shared:.4g}, its own best {best:.4g}")
     say(result.plan.summary())
-    _save(result, save_path)
-    return 0
 
 
 def _blocks(model: str, folder) -> int | None:

@@ -12,10 +12,15 @@ configuration runs beside an uncached run of the same prompt and seed in this pr
 - `psnr`, `ssim`, `temporal`: `edit.metrics.compare` of the video against the uncached one,
   medians over the prompts.
 
-Configurations: EDiT's TeaCache (with the toy's own calibrated coefficients) and FBCache over
-thresholds, a FORA-style static schedule (`set_cells`: compute every N-th step, reuse between), and
-diffusers' own hooks on the same components: FirstBlockCacheConfig, TaylorSeerCacheConfig,
-SeaCacheConfig and MagCacheConfig (its ratios calibrated on another prompt with `calibrate=True`).
+Configurations: EDiT's TeaCache (with the toy's own calibrated coefficients), FBCache and MagCache
+(ratios from `calibrate_magcache` on another prompt) over thresholds, a FORA-style static schedule
+(`set_cells`: compute every N-th step, reuse between), the searched schedule (`edit.search`,
+calibrated on other captions) at each EDiT row's computed steps, and diffusers' own hooks on the
+same components: FirstBlockCacheConfig, TaylorSeerCacheConfig, SeaCacheConfig and MagCacheConfig
+(its ratios calibrated on another prompt with `calibrate=True`). The JSON's `search` entry holds the
+matched comparisons, the three budgets, each held-out prompt's own best against the shared
+schedule, and the search's and calibration's times; `--only-edit` reruns EDiT's rows and keeps the
+diffusers rows already in the JSON.
 TaylorSeer runs in its lite mode, the only one that hooks a Wan transformer without patterns of
 its own (see `diffusers_configs`).
 Writes the JSON and a speed-quality plot (a line per policy).

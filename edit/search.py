@@ -112,10 +112,11 @@ def measure_edges(pipe, prompts: str | Sequence[str], *, num_inference_steps: in
         found = _read_cache(Path(cache_file), key)
         if found is not None:
             return EdgeCosts(num_inference_steps, prompts, seeds, found, units=len(ranges))
+    spec = pipe.run_spec(num_inference_steps, call_kwargs.get("guidance_scale", 5.0))  # branches and guidance
     per_prompt = []
     bar = _progress(len(prompts), progress)
     for prompt, seed in zip(prompts, seeds):
-        per_prompt.append(_one_prompt(pipe, prompt, seed, num_inference_steps, call_kwargs, granularity, ranges))
+        per_prompt.append(_one_prompt(pipe, prompt, seed, spec, call_kwargs, granularity, ranges))
         bar.update()
     bar.close()
     costs = EdgeCosts(num_inference_steps, prompts, seeds, tuple(per_prompt), runs=len(prompts), units=len(ranges))
@@ -130,11 +131,12 @@ def _progress(total: int, show: bool):
     return tqdm(total=total, desc="calibration runs", unit="run", disable=not show)
 
 
-def _one_prompt(pipe, prompt: str, seed: int, steps: int, call_kwargs: dict, granularity, ranges) -> dict:
+def _one_prompt(pipe, prompt: str, seed: int, spec, call_kwargs: dict, granularity, ranges) -> dict:
     from edit.cache.calibrate import _Record
     from edit.runtime.kernels import run_embed, run_guide, run_head, run_update
     from edit.runtime.state import RunState
 
+    steps = spec.num_steps
     residuals: dict[tuple[int, str, int], torch.Tensor] = {}
     hidden_in: dict[tuple[str, int], torch.Tensor] = {}
     after: list[tuple[torch.Tensor, Any]] = []  # the exact latents after each step, the scheduler then
@@ -157,8 +159,6 @@ def _one_prompt(pipe, prompt: str, seed: int, steps: int, call_kwargs: dict, gra
         pipe(prompt, num_inference_steps=steps, output_type="latent", callback_on_step_end=step_end,
              callback_on_step_end_tensor_inputs=["latents", "prompt_embeds", "negative_prompt_embeds"],
              generator=torch.Generator("cpu").manual_seed(seed), **call_kwargs)
-        spec = pipe.compile(steps, call_kwargs.get("guidance_scale", 5.0),
-                            **{k: call_kwargs[k] for k in ("height", "width", "num_frames") if k in call_kwargs}).spec
     dtype = pipe.transformer.dtype
     inputs = {f"text.{b}": texts[b].to(dtype) for b in spec.branches}
     timesteps = after[0][1].timesteps

@@ -229,4 +229,4 @@ class PerModel(CachePolicy):
         return {"base": self.base, "args": default, "models": models}
 
 
-from edit.passes.magcache import MagCache  # noqa: E402  (registers "magcache"; its module needs this one's base)
+from edit.passes.magcache import MagCache  # noqa: E402,F401  (registers "magcache"; its module needs this one's base)

@@ -101,7 +101,6 @@ def search_rows(results, components, prompts, steps, reference, calibration_prom
     """The searched schedule at the computed-cell count of each EDiT baseline row (no more computes
     than it had), a line of `edit search` rows; then, at the three budgets, each baseline beside the
     search, each held-out prompt's own best schedule beside the shared one, and the search's times."""
-    from edit.passes import Searched
     from edit.passes.search import solve
     from edit.search import measure_edges
 
